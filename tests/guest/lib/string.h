@@ -1,0 +1,18 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* The few string/memory functions the guest needs (usable at CPL0 and CPL3). */
+#ifndef FERRY_GUEST_STRING_H
+#define FERRY_GUEST_STRING_H
+
+#include "lib/types.h"
+
+void *memset(void *dst, int c, size_t n);
+void *memcpy(void *dst, const void *src, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+size_t strnlen(const char *s, size_t max);
+int strncmp(const char *a, const char *b, size_t n);
+/* Copies at most size-1 bytes and always NUL-terminates (size > 0). */
+void strlcpy_(char *dst, const char *src, size_t size);
+
+#endif

@@ -1,0 +1,394 @@
+#include "vm.h"
+
+#include "arch/x86/acpi.h"
+#include "arch/x86/boot.h"
+#include "arch/x86/layout.h"
+#include "arch/x86/vcpu_setup.h"
+#include "chardev.h"
+#include "devices/acpi_pm.h"
+#include "devices/i8042.h"
+#include "devices/rtc.h"
+#include "devices/serial.h"
+#include "util/log.h"
+
+#include <errno.h>
+#include <glib-unix.h>
+#include <gio/gio.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+/* Requests waiting for the main thread, highest priority first. */
+#define FERRY_VM_REQ_FATAL    (1u << 0)
+#define FERRY_VM_REQ_STOP     (1u << 1)
+#define FERRY_VM_REQ_POWEROFF (1u << 2)
+#define FERRY_VM_REQ_RESET    (1u << 3)
+
+static gboolean process_requests(gpointer data);
+
+/* ---- run gate ---------------------------------------------------------------------- */
+
+gboolean ferry_vm_vcpu_gate(FerryVm *vm, FerryVcpu *vcpu)
+{
+    if (G_LIKELY(!g_atomic_int_get(&vm->gate_closed)))
+        return TRUE;
+    g_mutex_lock(&vm->lock);
+    while (vm->pausing && !vm->stopping) {
+        vm->nr_parked++;
+        g_cond_broadcast(&vm->cond);
+        g_cond_wait(&vm->cond, &vm->lock);
+        vm->nr_parked--;
+    }
+    gboolean go_on = !vm->stopping;
+    g_mutex_unlock(&vm->lock);
+    return go_on;
+}
+
+static void kick_all(FerryVm *vm)
+{
+    for (unsigned i = 0; i < vm->nr_vcpus; i++)
+        ferry_vcpu_kick(vm->vcpus[i]);
+}
+
+/* Queues @req for the main thread and closes the gate so every vCPU stops soon. */
+static void post_request(FerryVm *vm, unsigned req)
+{
+    g_mutex_lock(&vm->lock);
+    vm->requests |= req;
+    vm->pausing = TRUE;
+    g_atomic_int_set(&vm->gate_closed, 1);
+    g_mutex_unlock(&vm->lock);
+    kick_all(vm);
+    g_main_context_invoke(NULL, process_requests, vm);
+}
+
+void ferry_vm_vcpu_exited(FerryVm *vm, FerryVcpu *vcpu)
+{
+    g_mutex_lock(&vm->lock);
+    vm->nr_running--;
+    g_cond_broadcast(&vm->cond);
+    g_mutex_unlock(&vm->lock);
+}
+
+/* Main thread: waits until every running vCPU thread is parked (or gone). */
+static void wait_parked(FerryVm *vm)
+{
+    g_mutex_lock(&vm->lock);
+    while (vm->nr_parked < vm->nr_running && !vm->stopping) {
+        gint64 deadline = g_get_monotonic_time() + 100 * G_TIME_SPAN_MILLISECOND;
+        if (!g_cond_wait_until(&vm->cond, &vm->lock, deadline)) {
+            g_mutex_unlock(&vm->lock);
+            kick_all(vm); /* a thread that was between gate and KVM_RUN: kick again */
+            g_mutex_lock(&vm->lock);
+        }
+    }
+    g_mutex_unlock(&vm->lock);
+}
+
+static void release_parked(FerryVm *vm)
+{
+    g_mutex_lock(&vm->lock);
+    vm->pausing = FALSE;
+    g_atomic_int_set(&vm->gate_closed, 0);
+    g_cond_broadcast(&vm->cond);
+    g_mutex_unlock(&vm->lock);
+}
+
+/* Ends every vCPU thread; the VM cannot run again. */
+static void stop_vcpus(FerryVm *vm)
+{
+    g_mutex_lock(&vm->lock);
+    vm->stopping = TRUE;
+    g_atomic_int_set(&vm->gate_closed, 1);
+    g_cond_broadcast(&vm->cond);
+    g_mutex_unlock(&vm->lock);
+    kick_all(vm);
+    for (unsigned i = 0; i < vm->nr_vcpus; i++) {
+        FerryVcpu *v = vm->vcpus[i];
+        if (v->thread) {
+            g_thread_join(v->thread);
+            v->thread = NULL;
+        }
+    }
+}
+
+/* ---- FerryMachine ------------------------------------------------------------------ */
+
+static void machine_request(FerryMachine *m, FerryMachineRequest req)
+{
+    FerryVm *vm = (FerryVm *) m;
+    post_request(vm, req == FERRY_MACHINE_POWEROFF ? FERRY_VM_REQ_POWEROFF : FERRY_VM_REQ_RESET);
+}
+
+static void machine_set_irq(FerryMachine *m, uint32_t gsi, int level)
+{
+    FerryVm *vm = (FerryVm *) m;
+    struct kvm_irq_level irq = {.irq = gsi, .level = level};
+    if (ioctl(vm->kvm->vm_fd, KVM_IRQ_LINE, &irq) < 0)
+        ferry_log("KVM_IRQ_LINE %u failed: %s", gsi, g_strerror(errno));
+}
+
+static const FerryMachineOps machine_ops = {
+    .request = machine_request,
+    .set_irq = machine_set_irq,
+};
+
+void ferry_vm_request_stop(FerryVm *vm)
+{
+    post_request(vm, FERRY_VM_REQ_STOP);
+}
+
+void ferry_vm_fatal(FerryVm *vm, const char *message)
+{
+    g_mutex_lock(&vm->lock);
+    if (!vm->fatal_message)
+        vm->fatal_message = g_strdup(message);
+    g_mutex_unlock(&vm->lock);
+    post_request(vm, FERRY_VM_REQ_FATAL);
+}
+
+/* ---- construction ------------------------------------------------------------------ */
+
+static gboolean save_irqchip_state(FerryVm *vm, GError **error)
+{
+    for (unsigned chip = 0; chip < 3; chip++) {
+        vm->reset_irqchip[chip].chip_id = chip;
+        if (ioctl(vm->kvm->vm_fd, KVM_GET_IRQCHIP, &vm->reset_irqchip[chip]) < 0)
+            goto fail;
+    }
+    if (ioctl(vm->kvm->vm_fd, KVM_GET_PIT2, &vm->reset_pit) < 0)
+        goto fail;
+    return TRUE;
+fail:
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno),
+                "cannot read the in-kernel irqchip state: %s", g_strerror(errno));
+    return FALSE;
+}
+
+static gboolean restore_irqchip_state(FerryVm *vm, GError **error)
+{
+    for (unsigned chip = 0; chip < 3; chip++)
+        if (ioctl(vm->kvm->vm_fd, KVM_SET_IRQCHIP, &vm->reset_irqchip[chip]) < 0)
+            goto fail;
+    if (ioctl(vm->kvm->vm_fd, KVM_SET_PIT2, &vm->reset_pit) < 0)
+        goto fail;
+    return TRUE;
+fail:
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno),
+                "cannot reset the in-kernel irqchip: %s", g_strerror(errno));
+    return FALSE;
+}
+
+static gboolean create_devices(FerryVm *vm, GError **error)
+{
+    vm->console = ferry_chardev_new(&vm->cfg->serial, error);
+    if (!vm->console)
+        return FALSE;
+    FerrySerial *serial = ferry_serial_new("serial0", &vm->pio, FERRY_COM1_BASE, FERRY_COM1_IRQ,
+                                           &vm->machine, vm->console, error);
+    if (!serial)
+        return FALSE;
+    g_ptr_array_add(vm->devices, ferry_serial_device(serial));
+
+    FerryI8042 *kbc = ferry_i8042_new(&vm->pio, &vm->machine, error);
+    if (!kbc)
+        return FALSE;
+    g_ptr_array_add(vm->devices, ferry_i8042_device(kbc));
+
+    FerryRtc *rtc = ferry_rtc_new(&vm->pio, NULL, error);
+    if (!rtc)
+        return FALSE;
+    g_ptr_array_add(vm->devices, ferry_rtc_device(rtc));
+
+    FerryAcpiPm *pm = ferry_acpi_pm_new(&vm->pio, &vm->machine, error);
+    if (!pm)
+        return FALSE;
+    g_ptr_array_add(vm->devices, ferry_acpi_pm_device(pm));
+    return TRUE;
+}
+
+/* Writes everything the guest finds in RAM at power-on and points the BSP at the kernel. */
+static gboolean load_guest(FerryVm *vm, GError **error)
+{
+    if (!ferry_x86_write_boot_tables(vm->mem, error) ||
+        !ferry_acpi_install(vm->mem, vm->nr_vcpus, &vm->rsdp_gpa, error))
+        return FALSE;
+    FerryBootConfig boot = {
+        .kernel_path = vm->cfg->kernel,
+        .initrd_path = vm->cfg->initrd,
+        .cmdline = vm->cfg->cmdline,
+        .rsdp_gpa = vm->rsdp_gpa,
+    };
+    FerryBootSetup setup;
+    if (!ferry_x86_load_kernel(vm->mem, &boot, &setup, error))
+        return FALSE;
+    return ferry_x86_vcpu_set_boot_regs(vm->vcpus[0]->fd, &setup, error);
+}
+
+FerryVm *ferry_vm_new(const FerryVmConfig *cfg, GError **error)
+{
+    g_autoptr(FerryVm) vm = g_new0(FerryVm, 1);
+    vm->machine.ops = &machine_ops;
+    vm->cfg = cfg;
+    vm->devices = g_ptr_array_new_with_free_func((GDestroyNotify) ferry_device_free);
+    ferry_bus_init(&vm->pio, "pio");
+    ferry_bus_init(&vm->mmio, "mmio");
+    g_mutex_init(&vm->lock);
+    g_cond_init(&vm->cond);
+
+    /* 1. KVM and the VM's limits */
+    vm->kvm = ferry_kvm_open("/dev/kvm", error);
+    if (!vm->kvm)
+        return NULL;
+    if (cfg->cpus > vm->kvm->max_vcpus) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "%u vCPUs requested; this host's KVM allows at most %u", cfg->cpus,
+                    vm->kvm->max_vcpus);
+        return NULL;
+    }
+    /* 2. RAM (before the VM, so a size the host cannot give fails first and cheaply) */
+    vm->mem = ferry_guest_memory_new(cfg->memory, error);
+    if (!vm->mem)
+        return NULL;
+    /* 3. the VM with its in-kernel irqchip and PIT, then the memslots */
+    if (!ferry_kvm_create_vm(vm->kvm, FERRY_KVM_TSS, FERRY_KVM_IDENTITY_MAP, error) ||
+        !ferry_guest_memory_register(vm->mem, vm->kvm->vm_fd, error))
+        return NULL;
+    /* 4. devices on the buses */
+    if (!create_devices(vm, error))
+        return NULL;
+    /* 5. vCPUs */
+    vm->vcpus = g_new0(FerryVcpu *, cfg->cpus);
+    for (unsigned i = 0; i < cfg->cpus; i++) {
+        vm->vcpus[i] = ferry_vcpu_new(vm, vm->kvm, i, cfg->cpus, error);
+        if (!vm->vcpus[i])
+            return NULL;
+        vm->nr_vcpus++;
+    }
+    /* 6. power-on state to come back to on reset, then the guest itself */
+    if (!save_irqchip_state(vm, error) || !load_guest(vm, error))
+        return NULL;
+    return g_steal_pointer(&vm);
+}
+
+/* ---- running ----------------------------------------------------------------------- */
+
+static gboolean reset_machine(FerryVm *vm, GError **error)
+{
+    for (guint i = 0; i < vm->devices->len; i++)
+        ferry_device_reset(g_ptr_array_index(vm->devices, i));
+    ferry_guest_memory_discard(vm->mem);
+    if (!restore_irqchip_state(vm, error))
+        return FALSE;
+    for (unsigned i = 0; i < vm->nr_vcpus; i++) {
+        if (!ferry_vcpu_reset(vm->vcpus[i], vm->kvm, error) ||
+            !ferry_x86_vcpu_set_lint(vm->vcpus[i]->fd, error))
+            return FALSE;
+    }
+    return load_guest(vm, error);
+}
+
+static void finish(FerryVm *vm, int status)
+{
+    stop_vcpus(vm);
+    vm->exit_status = status;
+    g_main_loop_quit(vm->loop);
+}
+
+static gboolean process_requests(gpointer data)
+{
+    FerryVm *vm = data;
+    wait_parked(vm);
+    g_mutex_lock(&vm->lock);
+    unsigned req = vm->requests;
+    vm->requests = 0;
+    g_mutex_unlock(&vm->lock);
+    if (vm->stopping || !req)
+        return G_SOURCE_REMOVE;
+
+    if (req & FERRY_VM_REQ_FATAL) {
+        ferry_log("%s", vm->fatal_message);
+        finish(vm, FERRY_EXIT_ERROR);
+    } else if (req & FERRY_VM_REQ_STOP) {
+        finish(vm, FERRY_EXIT_OK);
+    } else if (req & FERRY_VM_REQ_POWEROFF) {
+        ferry_log("guest powered off");
+        finish(vm, FERRY_EXIT_OK);
+    } else if (req & FERRY_VM_REQ_RESET) {
+        if (vm->cfg->on_reboot == FERRY_ON_REBOOT_EXIT) {
+            ferry_log("guest rebooted; exiting as --on-reboot exit asks");
+            finish(vm, FERRY_EXIT_OK);
+            return G_SOURCE_REMOVE;
+        }
+        g_autoptr(GError) error = NULL;
+        if (!reset_machine(vm, &error)) {
+            ferry_log("machine reset failed: %s", error->message);
+            finish(vm, FERRY_EXIT_ERROR);
+            return G_SOURCE_REMOVE;
+        }
+        release_parked(vm);
+    }
+    return G_SOURCE_REMOVE;
+}
+
+static gboolean on_stop_signal(gpointer data)
+{
+    ferry_vm_request_stop(data);
+    return G_SOURCE_CONTINUE;
+}
+
+int ferry_vm_run(FerryVm *vm)
+{
+    vm->loop = g_main_loop_new(NULL, FALSE);
+    guint sigterm = g_unix_signal_add(SIGTERM, on_stop_signal, vm);
+    guint sigint = g_unix_signal_add(SIGINT, on_stop_signal, vm);
+    guint sighup = g_unix_signal_add(SIGHUP, on_stop_signal, vm);
+
+    ferry_vcpu_install_kick_handler();
+    for (unsigned i = 0; i < vm->nr_vcpus; i++) {
+        g_autoptr(GError) error = NULL;
+        g_mutex_lock(&vm->lock);
+        vm->nr_running++;
+        g_mutex_unlock(&vm->lock);
+        if (!ferry_vcpu_start(vm->vcpus[i], &error)) {
+            g_mutex_lock(&vm->lock);
+            vm->nr_running--;
+            g_mutex_unlock(&vm->lock);
+            ferry_log("cannot start vCPU %u: %s", i, error->message);
+            stop_vcpus(vm);
+            vm->exit_status = FERRY_EXIT_ERROR;
+            goto out;
+        }
+    }
+    g_main_loop_run(vm->loop);
+out:
+    g_source_remove(sigterm);
+    g_source_remove(sigint);
+    g_source_remove(sighup);
+    return vm->exit_status;
+}
+
+void ferry_vm_free(FerryVm *vm)
+{
+    if (!vm)
+        return;
+    if (vm->vcpus) {
+        stop_vcpus(vm);
+        for (unsigned i = 0; i < vm->nr_vcpus; i++)
+            ferry_vcpu_free(vm->vcpus[i]);
+        g_free(vm->vcpus);
+    }
+    g_ptr_array_unref(vm->devices);
+    if (vm->console)
+        ferry_chardev_free(vm->console);
+    ferry_bus_clear(&vm->pio);
+    ferry_bus_clear(&vm->mmio);
+    ferry_guest_memory_free(vm->mem);
+    ferry_kvm_free(vm->kvm);
+    if (vm->loop)
+        g_main_loop_unref(vm->loop);
+    g_free(vm->fatal_message);
+    g_mutex_clear(&vm->lock);
+    g_cond_clear(&vm->cond);
+    g_free(vm);
+}
