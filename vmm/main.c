@@ -5,7 +5,7 @@
  *                  [--name NAME] [--on-reboot reset|exit]
  * Exit status: 0 guest powered off / stopped on request, 1 error, 2 bad arguments.
  */
-#include "config.h"
+#include "vm_config.h"
 #include "util/log.h"
 #include "vm.h"
 

@@ -11,7 +11,7 @@
  */
 #pragma once
 
-#include "config.h"
+#include "vm_config.h"
 #include "devices/bus.h"
 #include "devices/machine.h"
 #include "memory.h"

@@ -44,7 +44,8 @@ static gboolean get_segment(const uint8_t *image, size_t size, gboolean is64, un
         memcpy(&ph, image + off, sizeof(ph));
         *seg = (Segment){ph.p_paddr, ph.p_offset, ph.p_filesz, ph.p_memsz, ph.p_type};
     }
-    if (seg->offset > size || seg->filesz > size - seg->offset || seg->filesz > seg->memsz)
+    if (seg->offset > size || seg->filesz > size - seg->offset ||
+        (seg->type == PT_LOAD && seg->filesz > seg->memsz))
         return format_error(error, path, "segment extends past the end of the file");
     return TRUE;
 }

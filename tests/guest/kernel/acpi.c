@@ -1,0 +1,273 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * ACPI table discovery. RSDP search order (ACPI 6.4, 5.2.5.1 "Finding the RSDP on
+ * IA-PC Systems"): the loader's pointer (PVH rsdp_paddr / boot_params
+ * acpi_rsdp_addr), else the first KiB of the EBDA, else 0xE0000-0xFFFFF, on
+ * 16-byte boundaries. The scan compares 8 bytes at a time: it runs at CPL0.
+ */
+#include "kernel/acpi.h"
+#include "kernel/console.h"
+#include "lib/string.h"
+#include "lib/x86.h"
+
+#define RSDP_SIG 0x2052545020445352ull      /* "RSD PTR " little endian */
+
+struct acpi_header {
+    char signature[4];
+    u32 length;
+    u8 revision;
+    u8 checksum;
+    char oem_id[6];
+    char oem_table_id[8];
+    u32 oem_revision;
+    u32 creator_id;
+    u32 creator_revision;
+} PACKED;
+
+static bool checksum_ok(const void *p, u32 len)
+{
+    u8 sum = 0;
+    for (u32 i = 0; i < len; i++)
+        sum += ((const u8 *)p)[i];
+    return sum == 0;
+}
+
+static bool rsdp_valid(u64 addr)
+{
+    const u8 *p = (const u8 *)addr;
+    return *(const u64 *)p == RSDP_SIG && checksum_ok(p, 20);
+}
+
+static u64 scan(u64 start, u64 end)
+{
+    for (u64 a = start; a < end; a += 16) {
+        if (*(const u64 *)a == RSDP_SIG && rsdp_valid(a))
+            return a;
+    }
+    return 0;
+}
+
+static u64 find_rsdp(u64 hint)
+{
+    if (hint && rsdp_valid(hint))
+        return hint;
+    u64 ebda = (u64)*(const u16 *)0x40e << 4;
+    u64 r = 0;
+    if (ebda >= 0x80000 && ebda < 0xa0000)
+        r = scan(ebda, ebda + 1024);
+    if (!r)
+        r = scan(0xe0000, 0x100000);
+    return r;
+}
+
+static void parse_madt(struct acpi_info *ai, const struct acpi_header *h)
+{
+    const u8 *p = (const u8 *)h + 44;
+    const u8 *end = (const u8 *)h + h->length;
+
+    ai->lapic_addr = *(const u32 *)((const u8 *)h + 36);
+    while (p + 2 <= end && p[1] >= 2 && p + p[1] <= end) {
+        switch (p[0]) {
+        case 0:         /* Processor Local APIC: uid, apic id, flags (bit 0 enabled) */
+            if ((*(const u32 *)(p + 4) & 1) && ai->ncpus < MAX_CPUS)
+                ai->cpu_apic_id[ai->ncpus++] = p[3];
+            break;
+        case 9:         /* Processor Local x2APIC: x2apic id at 4, flags at 8 */
+            if ((*(const u32 *)(p + 8) & 1) && ai->ncpus < MAX_CPUS)
+                ai->cpu_apic_id[ai->ncpus++] = *(const u32 *)(p + 4);
+            break;
+        case 1:         /* I/O APIC: id, address at 4, GSI base at 8 */
+            if (ai->nioapics < ACPI_MAX_IOAPICS) {
+                struct acpi_ioapic *io = &ai->ioapic[ai->nioapics++];
+                io->id = p[2];
+                io->addr = *(const u32 *)(p + 4);
+                io->gsi_base = *(const u32 *)(p + 8);
+            }
+            break;
+        case 2:         /* Interrupt Source Override: bus, source, GSI at 4, flags at 8 */
+            if (ai->nisos < ACPI_MAX_ISOS) {
+                struct acpi_iso *o = &ai->iso[ai->nisos++];
+                o->bus_irq = p[3];
+                o->gsi = *(const u32 *)(p + 4);
+                o->flags = *(const u16 *)(p + 8);
+            }
+            break;
+        case 5:         /* Local APIC Address Override */
+            ai->lapic_addr = *(const u64 *)(p + 4);
+            break;
+        }
+        p += p[1];
+    }
+}
+
+/* FADT field offsets, ACPI 6.4 table 5.9. */
+static void parse_fadt(struct acpi_info *ai, const struct acpi_header *h)
+{
+    const u8 *f = (const u8 *)h;
+    u32 len = h->length;
+
+    ai->fadt_len = len;
+    if (len >= 44)
+        ai->dsdt = *(const u32 *)(f + 40);
+    if (len >= 148 && *(const u64 *)(f + 140))
+        ai->dsdt = *(const u64 *)(f + 140);
+    if (len >= 72) {
+        ai->pm1a_cnt = *(const u32 *)(f + 64);
+        ai->pm1b_cnt = *(const u32 *)(f + 68);
+    }
+    if (len >= 116)
+        ai->fadt_flags = *(const u32 *)(f + 112);
+    if (len >= 129) {
+        memcpy(&ai->reset_reg, f + 116, sizeof(ai->reset_reg));
+        ai->reset_value = f[128];
+    }
+    if (len >= 196) {
+        memcpy(&ai->x_pm1a_cnt, f + 172, sizeof(struct acpi_gas));
+        memcpy(&ai->x_pm1b_cnt, f + 184, sizeof(struct acpi_gas));
+    }
+    if (len >= 256)
+        memcpy(&ai->sleep_control, f + 244, sizeof(struct acpi_gas));
+}
+
+void acpi_init(u64 rsdp_hint, struct acpi_info *ai)
+{
+    u64 rsdp = find_rsdp(rsdp_hint);
+    if (!rsdp)
+        return;
+    ai->rsdp = rsdp;
+
+    const u8 *r = (const u8 *)rsdp;
+    u64 xsdt = r[15] >= 2 ? *(const u64 *)(r + 24) : 0;     /* revision, XsdtAddress */
+    u64 rsdt = *(const u32 *)(r + 16);
+    ai->xsdt = xsdt != 0;
+    ai->sdt = xsdt ? xsdt : rsdt;
+    if (!ai->sdt)
+        return;
+
+    const struct acpi_header *sdt = (const void *)ai->sdt;
+    u32 width = ai->xsdt ? 8 : 4;
+    u32 n = (sdt->length - sizeof(*sdt)) / width;
+    const u8 *ent = (const u8 *)sdt + sizeof(*sdt);
+    for (u32 i = 0; i < n; i++) {
+        u64 a = ai->xsdt ? *(const u64 *)(ent + i * 8) : *(const u32 *)(ent + i * 4);
+        const struct acpi_header *h = (const void *)a;
+        if (!a)
+            continue;
+        if (!ai->madt && memcmp(h->signature, "APIC", 4) == 0) {
+            ai->madt = a;
+            parse_madt(ai, h);
+        } else if (!ai->fadt && memcmp(h->signature, "FACP", 4) == 0) {
+            ai->fadt = a;
+            parse_fadt(ai, h);
+        }
+    }
+}
+
+/*
+ * \_S5_ in the DSDT (ACPI 6.4 7.4.2 "\_Sx (System States)", 4.8.3.7 sleep type
+ * values): NameOp (0x08) "_S5_" PackageOp (0x12) PkgLength NumElements, then
+ * SLP_TYPa and SLP_TYPb as ZeroOp (0x00), OneOp (0x01) or BytePrefix (0x0A) nn
+ * (AML encoding: ACPI 6.4 20.2). A byte scan is enough for the tables VMMs build.
+ */
+static bool aml_byte(const u8 **p, const u8 *end, u8 *out)
+{
+    if (*p >= end)
+        return false;
+    u8 op = *(*p)++;
+    if (op == 0x0a) {
+        if (*p >= end)
+            return false;
+        *out = *(*p)++;
+    } else if (op == 0x00 || op == 0x01) {
+        *out = op;
+    } else if (op == 0xff) {
+        *out = 0xff;
+    } else {
+        *out = op;              /* be lenient: some tables store the raw byte */
+    }
+    return true;
+}
+
+bool acpi_s5(const struct acpi_info *ai, u8 *a, u8 *b)
+{
+    if (!ai->dsdt)
+        return false;
+    const struct acpi_header *h = (const void *)ai->dsdt;
+    const u8 *p = (const u8 *)h + sizeof(*h);
+    const u8 *end = (const u8 *)h + h->length;
+
+    for (; p + 8 < end; p++) {
+        if (p[0] != '_' || p[1] != 'S' || p[2] != '5' || p[3] != '_')
+            continue;
+        if (!(p[-1] == 0x08 || (p[-1] == '\\' && p[-2] == 0x08)) || p[4] != 0x12)
+            continue;
+        const u8 *q = p + 5;
+        q += 1 + (*q >> 6);             /* PkgLength: bits 7:6 = extra bytes */
+        q++;                            /* NumElements */
+        *b = 0;
+        if (!aml_byte(&q, end, a))
+            return false;
+        aml_byte(&q, end, b);
+        return true;
+    }
+    return false;
+}
+
+static u32 gas_width(const struct acpi_gas *g)
+{
+    if (g->access_size >= 1 && g->access_size <= 4)
+        return 8u << (g->access_size - 1);
+    if (g->bit_width == 16 || g->bit_width == 32 || g->bit_width == 64)
+        return g->bit_width;
+    return 8;
+}
+
+void acpi_gas_write(const struct acpi_gas *g, u64 v)
+{
+    u32 w = gas_width(g);
+
+    if (g->space_id == 0) {
+        volatile void *p = (volatile void *)g->address;
+        if (w == 8)
+            *(volatile u8 *)p = (u8)v;
+        else if (w == 16)
+            *(volatile u16 *)p = (u16)v;
+        else if (w == 32)
+            *(volatile u32 *)p = (u32)v;
+        else
+            *(volatile u64 *)p = v;
+    } else if (g->space_id == 1) {
+        u16 port = (u16)g->address;
+        if (w == 8)
+            outb(port, (u8)v);
+        else if (w == 16)
+            outw(port, (u16)v);
+        else
+            outl(port, (u32)v);
+    }
+}
+
+u64 acpi_gas_read(const struct acpi_gas *g)
+{
+    u32 w = gas_width(g);
+
+    if (g->space_id == 0) {
+        volatile void *p = (volatile void *)g->address;
+        if (w == 8)
+            return *(volatile u8 *)p;
+        if (w == 16)
+            return *(volatile u16 *)p;
+        if (w == 32)
+            return *(volatile u32 *)p;
+        return *(volatile u64 *)p;
+    }
+    if (g->space_id == 1) {
+        u16 port = (u16)g->address;
+        if (w == 8)
+            return inb(port);
+        if (w == 16)
+            return inw(port);
+        return inl(port);
+    }
+    return 0;
+}

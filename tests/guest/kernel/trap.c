@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Vector dispatch. CPU exceptions are fatal for the CPU that took them:
+ *   CPL0: FERRY-GUEST-PANIC vector=<n> rip=0x.. cr2=0x.. err=0x..
+ *   CPL3: FERRY-GUEST-FAULT vector=<n> rip=0x.. cr2=0x.. err=0x..
+ * and the CPU halts; the other CPUs keep running.
+ */
+#include "kernel/apic.h"
+#include "kernel/console.h"
+#include "kernel/layout.h"
+#include "kernel/percpu.h"
+#include "kernel/serial.h"
+#include "kernel/trap.h"
+#include "lib/printf.h"
+#include "lib/x86.h"
+
+static NORETURN void exception(struct trap_frame *f)
+{
+    char buf[160];
+    int n = snprintf(buf, sizeof(buf), "%s vector=%llu rip=0x%llx cr2=0x%llx err=0x%llx\n",
+                     (f->cs & 3) ? "FERRY-GUEST-FAULT" : "FERRY-GUEST-PANIC",
+                     f->vector, f->rip, read_cr2(), f->error);
+    console_write_force(buf, (size_t)n);
+    halt_forever();
+}
+
+void trap_dispatch(struct trap_frame *f)
+{
+    switch (f->vector) {
+    case VEC_TIMER:
+        this_cpu()->ticks++;
+        lapic_eoi();
+        break;
+    case VEC_SERIAL:
+        serial_irq();
+        lapic_eoi();
+        break;
+    case VEC_SYSCALL:
+        f->rax = syscall_dispatch(f);
+        break;
+    case VEC_SPURIOUS:
+        break;                          /* no EOI for the spurious vector */
+    default:
+        exception(f);
+    }
+}
