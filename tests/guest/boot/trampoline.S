@@ -31,6 +31,7 @@ tramp_start:
     movl    %eax, TRAMP_FAR64
     lgdtl   TRAMP_GDTR
     movl    %cr0, %eax
+    andl    $0x9fffffff, %eax                   /* CD, NW off: INIT leaves caches disabled */
     orl     $CR0_PE, %eax
     movl    %eax, %cr0
     ljmpl   *TRAMP_FAR32

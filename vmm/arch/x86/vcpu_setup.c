@@ -24,6 +24,15 @@
 #define MSR_SYSCALL_MASK      0xc0000084
 #define MSR_KERNEL_GS_BASE    0xc0000102
 
+/* KVM paravirtual MSRs (Documentation/virt/kvm/x86/msr.rst) that register guest memory: a
+ * reset must clear them or KVM keeps writing into the old guest's pages. */
+#define MSR_KVM_SYSTEM_TIME     0x12
+#define MSR_KVM_SYSTEM_TIME_NEW 0x4b564d01
+#define MSR_KVM_ASYNC_PF_EN     0x4b564d02
+#define MSR_KVM_STEAL_TIME      0x4b564d03
+#define MSR_KVM_PV_EOI_EN       0x4b564d04
+#define MSR_KVM_POLL_CONTROL    0x4b564d05
+
 #define MISC_ENABLE_FAST_STRING 0x1ULL
 #define MTRR_ENABLE_WB          ((1ULL << 11) | 6) /* MTRRs on, default type write-back */
 
@@ -61,6 +70,9 @@ gboolean ferry_x86_vcpu_set_msrs(const FerryKvm *kvm, int vcpu_fd, GError **erro
         {MSR_SYSCALL_MASK, 0},   {MSR_KERNEL_GS_BASE, 0},
         {MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING},
         {MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB},
+        {MSR_KVM_SYSTEM_TIME, 0}, {MSR_KVM_SYSTEM_TIME_NEW, 0}, {MSR_KVM_ASYNC_PF_EN, 0},
+        {MSR_KVM_STEAL_TIME, 0},  {MSR_KVM_PV_EOI_EN, 0},
+        {MSR_KVM_POLL_CONTROL, 1}, /* msr.rst: 1 (host polling allowed) at reset */
     };
     g_autofree struct kvm_msrs *msrs =
         g_malloc0(sizeof(*msrs) + G_N_ELEMENTS(initial) * sizeof(struct kvm_msr_entry));

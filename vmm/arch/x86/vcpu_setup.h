@@ -17,7 +17,8 @@ gboolean ferry_x86_vcpu_set_cpuid(const FerryKvm *kvm, int vcpu_fd, unsigned ind
 
 /*
  * Writes the power-on values of the MSRs a kernel expects Ferry to set (SYSENTER/SYSCALL
- * MSRs zeroed, TSC 0, MISC_ENABLE fast strings, MTRR default type write-back), skipping MSRs
+ * MSRs zeroed, MISC_ENABLE fast strings, MTRR default type write-back, kvmclock and other
+ * paravirtual registrations cleared), skipping MSRs
  * absent from KVM's index list.
  */
 gboolean ferry_x86_vcpu_set_msrs(const FerryKvm *kvm, int vcpu_fd, GError **error);

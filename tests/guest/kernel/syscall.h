@@ -1,0 +1,16 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * System calls of the guest kernel, made from CPL3 with `int $0x80`:
+ * RAX = number, RDI/RSI = arguments, result in RAX. Shared with user/.
+ */
+#ifndef FERRY_GUEST_SYSCALL_H
+#define FERRY_GUEST_SYSCALL_H
+
+#define SYS_WRITE       0   /* (const char *buf, size_t len) -> len; one atomic console write */
+#define SYS_IDLE        1   /* () -> 0; sleeps until the next interrupt (timer, serial) */
+#define SYS_POWEROFF    2   /* () does not return */
+#define SYS_REBOOT      3   /* () does not return */
+
+#define SYS_WRITE_MAX   4096
+
+#endif
