@@ -9,7 +9,24 @@
 #include "util/log.h"
 #include "vm.h"
 
+#include <glib-unix.h>
+#include <signal.h>
 #include <stdio.h>
+
+/* SIGTERM/SIGINT/SIGHUP stop the VM cleanly; one arriving before the VM runs is kept. */
+typedef struct {
+    FerryVm *vm;
+    gboolean stop_requested;
+} StopSignals;
+
+static gboolean on_stop_signal(gpointer data)
+{
+    StopSignals *s = data;
+    s->stop_requested = TRUE;
+    if (s->vm)
+        ferry_vm_request_stop(s->vm);
+    return G_SOURCE_CONTINUE;
+}
 
 static int run(FerryVmConfig *cfg, int *argc, char ***argv)
 {
@@ -23,12 +40,26 @@ static int run(FerryVmConfig *cfg, int *argc, char ***argv)
                 error->message);
         return FERRY_EXIT_USAGE;
     }
+    StopSignals stop = {0};
+    guint sources[] = {
+        g_unix_signal_add(SIGTERM, on_stop_signal, &stop),
+        g_unix_signal_add(SIGINT, on_stop_signal, &stop),
+        g_unix_signal_add(SIGHUP, on_stop_signal, &stop),
+    };
+    int status = FERRY_EXIT_ERROR;
     g_autoptr(FerryVm) vm = ferry_vm_new(cfg, &error);
     if (!vm) {
         ferry_log("cannot start VM '%s': %s", cfg->name, error->message);
-        return FERRY_EXIT_ERROR;
+    } else {
+        /* Deliver a signal that came in while the VM was being built. */
+        while (g_main_context_iteration(NULL, FALSE))
+            ;
+        stop.vm = vm;
+        status = stop.stop_requested ? FERRY_EXIT_OK : ferry_vm_run(vm);
     }
-    return ferry_vm_run(vm);
+    for (gsize i = 0; i < G_N_ELEMENTS(sources); i++)
+        g_source_remove(sources[i]);
+    return status;
 }
 
 int main(int argc, char **argv)

@@ -331,19 +331,9 @@ static gboolean process_requests(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
-static gboolean on_stop_signal(gpointer data)
-{
-    ferry_vm_request_stop(data);
-    return G_SOURCE_CONTINUE;
-}
-
 int ferry_vm_run(FerryVm *vm)
 {
     vm->loop = g_main_loop_new(NULL, FALSE);
-    guint sigterm = g_unix_signal_add(SIGTERM, on_stop_signal, vm);
-    guint sigint = g_unix_signal_add(SIGINT, on_stop_signal, vm);
-    guint sighup = g_unix_signal_add(SIGHUP, on_stop_signal, vm);
-
     ferry_vcpu_install_kick_handler();
     for (unsigned i = 0; i < vm->nr_vcpus; i++) {
         g_autoptr(GError) error = NULL;
@@ -362,9 +352,6 @@ int ferry_vm_run(FerryVm *vm)
     }
     g_main_loop_run(vm->loop);
 out:
-    g_source_remove(sigterm);
-    g_source_remove(sigint);
-    g_source_remove(sighup);
     return vm->exit_status;
 }
 

@@ -44,7 +44,9 @@ TAIL_LINES = 40
 # Lines that fail a wait immediately, whatever is being waited for.
 DEFAULT_FAIL_PATTERNS = (r'FERRY-GUEST-PANIC', r'FERRY-CORRUPTION')
 
-READY_RE = (r'^FERRY-GUEST-READY uptime_ms=(?P<uptime_ms>\d+) '
+# Not anchored: under QEMU -M pc the line follows firmware output without a
+# newline ("Booting from ROM..FERRY-GUEST-READY ...").
+READY_RE = (r'FERRY-GUEST-READY uptime_ms=(?P<uptime_ms>\d+) '
             r'cpus=(?P<cpus>\d+) mem_mib=(?P<mem_mib>\d+) '
             r'entry=(?P<entry>\w+)')
 HEARTBEAT_RE = r'^FERRY-HEARTBEAT (?P<kv>.*)$'

@@ -24,8 +24,12 @@ whose /dev/kvm is a software PVM, kernel-mode code is emulated at a few
 million instructions per second and a stock kernel gets only part way; see
 docs/linux-guests.md for the figures.
 
+Inputs live in FERRY_LINUX_DIR (default <build>/tests/linux) and are made
+with the tests/linux scripts when missing (the first run downloads ~70 MB).
+
 Environment:
-  FERRY_LINUX_KERNEL / FERRY_LINUX_VMLINUX / FERRY_LINUX_INITRD  inputs (meson)
+  FERRY_LINUX_VMLINUZ / FERRY_LINUX_VMLINUX / FERRY_LINUX_INITRD  use these
+                       files instead
   FERRY_LINUX_BUDGET   seconds per boot (default 150)
   FERRY_LINUX_FULL=1   require every milestone up to power-off
   FERRY_LINUX_ENTRIES  comma-separated subset of 'pvh,bzimage'
@@ -33,6 +37,8 @@ Environment:
 
 import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -70,14 +76,42 @@ E820_RE = re.compile(r'BIOS-e820: \[mem 0x(?P<start>[0-9a-f]{16})-'
                      r'0x(?P<end>[0-9a-f]{16})\] (?P<type>.+?)\s*$')
 
 
-def linux_input(env, default):
-    p = os.environ.get(env) or os.path.join(ferrytest.build_dir(), 'tests',
-                                            'linux', default)
-    if not os.path.isfile(p):
-        pytest.fail('%s not found: build it with ninja -C %s '
-                    'tests/linux/%s' % (p, ferrytest.build_dir(), default),
-                    pytrace=False)
-    return p
+LINUX_SCRIPTS = os.path.join(ferrytest.REPO_ROOT, 'tests', 'linux')
+
+
+def linux_dir():
+    return os.environ.get('FERRY_LINUX_DIR') or os.path.join(
+        ferrytest.build_dir(), 'tests', 'linux')
+
+
+def prepare(what):
+    """Path of input WHAT ('vmlinuz', 'vmlinux', 'initrd'); made with the
+    tests/linux scripts if missing (first use downloads ~70 MB)."""
+    d = linux_dir()
+    paths = {'vmlinuz': os.path.join(d, 'debian-vmlinuz'),
+             'vmlinux': os.path.join(d, 'debian-vmlinux'),
+             'initrd': os.path.join(d, 'initrd.cpio.gz')}
+    path = paths[what]
+    env_override = os.environ.get('FERRY_LINUX_' + what.upper())
+    if env_override:
+        return env_override
+    if os.path.isfile(path):
+        return path
+    os.makedirs(d, exist_ok=True)
+    script = lambda name: os.path.join(LINUX_SCRIPTS, name)  # noqa: E731
+    if what == 'vmlinuz':
+        cmd = [sys.executable, script('fetch-kernel.py'), '--cache-dir',
+               os.path.join(d, 'cache'), '--output', path]
+    elif what == 'vmlinux':
+        cmd = [sys.executable, script('extract-vmlinux.py'),
+               prepare('vmlinuz'), path]
+    else:
+        cmd = [sys.executable, script('mkinitramfs.py'), '--output', path]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0 or not os.path.isfile(path):
+        pytest.fail('preparing %s failed: %s\n%s%s' % (
+            what, ' '.join(cmd), res.stdout, res.stderr), pytrace=False)
+    return path
 
 
 def entries():
@@ -127,10 +161,8 @@ def progress_table(entry, seen, vm, budget):
 
 @pytest.mark.parametrize('entry', entries())
 def test_debian_kernel(spawn_vmm, entry):
-    kernel = (linux_input('FERRY_LINUX_KERNEL', 'debian-vmlinuz')
-              if entry == 'bzimage' else
-              linux_input('FERRY_LINUX_VMLINUX', 'debian-vmlinux'))
-    initrd = linux_input('FERRY_LINUX_INITRD', 'initrd.cpio.gz')
+    kernel = prepare('vmlinuz' if entry == 'bzimage' else 'vmlinux')
+    initrd = prepare('initrd')
     budget = ferrytest.scaled(float(os.environ.get('FERRY_LINUX_BUDGET',
                                                    '150')))
     full = os.environ.get('FERRY_LINUX_FULL') == '1'

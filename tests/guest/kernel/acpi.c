@@ -41,7 +41,7 @@ static bool rsdp_valid(u64 addr)
 static u64 scan(u64 start, u64 end)
 {
     for (u64 a = start; a < end; a += 16) {
-        if (*(const u64 *)a == RSDP_SIG && rsdp_valid(a))
+        if (*(const u64 *)phys(a) == RSDP_SIG && rsdp_valid(a))
             return a;
     }
     return 0;
@@ -51,7 +51,7 @@ static u64 find_rsdp(u64 hint)
 {
     if (hint && rsdp_valid(hint))
         return hint;
-    u64 ebda = (u64)*(const u16 *)0x40e << 4;
+    u64 ebda = (u64)*(const u16 *)phys(0x40e) << 4;   /* BDA: EBDA segment */
     u64 r = 0;
     if (ebda >= 0x80000 && ebda < 0xa0000)
         r = scan(ebda, ebda + 1024);

@@ -44,13 +44,17 @@ int bootparams_parse(u64 gpa, struct boot_info *bi)
         kprintf("ferry-guest: boot_params has %u e820 entries\n", n);
         return -1;
     }
+    u32 k = 0;
     for (u32 i = 0; i < n; i++) {
         const struct bp_e820 *e = (const void *)(bp + BP_E820_TABLE + i * BP_E820_ENTRY_SIZE);
-        bi->e820[i].addr = e->addr;
-        bi->e820[i].size = e->size;
-        bi->e820[i].type = e->type;
+        if (!e->size)
+            continue;
+        bi->e820[k].addr = e->addr;
+        bi->e820[k].size = e->size;
+        bi->e820[k].type = e->type;
+        k++;
     }
-    bi->e820_count = n;
+    bi->e820_count = k;
     e820_sort(bi);
     return 0;
 }

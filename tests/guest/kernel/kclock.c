@@ -58,15 +58,9 @@ static u64 tsc_hz_from_cpuid(void)
     return 0;
 }
 
-void clock_init_bsp(void)
+static void use_tsc(void)
 {
     struct clock_info *ci = &g_shared.clock;
-
-    if (kvmclock_present()) {
-        ci->kind = CLOCK_KVMCLOCK;
-        source = "kvmclock";
-        return;
-    }
     u64 hz = tsc_hz_from_cpuid();
     source = "tsc/cpuid-0x15";
     if (!hz) {
@@ -82,6 +76,16 @@ void clock_init_bsp(void)
     ci->kind = CLOCK_TSC;
 }
 
+void clock_init_bsp(void)
+{
+    if (kvmclock_present()) {
+        g_shared.clock.kind = CLOCK_KVMCLOCK;
+        source = "kvmclock";
+        return;
+    }
+    use_tsc();
+}
+
 void clock_init_cpu(struct percpu *c)
 {
     struct clock_info *ci = &g_shared.clock;
@@ -90,6 +94,12 @@ void clock_init_cpu(struct percpu *c)
         return;
     ci->pvti[c->index] = &c->pvclock;
     wrmsr(MSR_KVM_SYSTEM_TIME_NEW, (u64)&c->pvclock | 1);
+    if (c->index == 0 && READ_ONCE(c->pvclock.tsc_to_system_mul) == 0) {
+        /* The hypervisor advertised kvmclock but did not fill the record. */
+        wrmsr(MSR_KVM_SYSTEM_TIME_NEW, 0);
+        kprintf("ferry-guest: kvmclock not updated, falling back to the TSC\n");
+        use_tsc();
+    }
 }
 
 u64 now_ns(void)

@@ -48,11 +48,14 @@ int pvh_parse(u64 gpa, struct boot_info *bi)
     bi->rsdp_hint = si->rsdp_paddr;
 
     const struct hvm_memmap_table_entry *m = (const void *)si->memmap_paddr;
-    u32 n = MIN(si->memmap_entries, (u32)E820_MAX);
-    for (u32 i = 0; i < n; i++) {
-        bi->e820[i].addr = m[i].addr;
-        bi->e820[i].size = m[i].size;
-        bi->e820[i].type = m[i].type;
+    u32 n = 0;
+    for (u32 i = 0; i < si->memmap_entries && n < E820_MAX; i++) {
+        if (!m[i].size)
+            continue;                   /* qboot passes an empty entry */
+        bi->e820[n].addr = m[i].addr;
+        bi->e820[n].size = m[i].size;
+        bi->e820[n].type = m[i].type;
+        n++;
     }
     bi->e820_count = n;
     e820_sort(bi);

@@ -2,6 +2,11 @@
 /*
  * System calls of the guest kernel, made from CPL3 with `int $0x80`:
  * RAX = number, RDI/RSI = arguments, result in RAX. Shared with user/.
+ *
+ * On hardware KVM the DPL-3 interrupt gate 0x80 is taken. The software PVM
+ * hypervisor this project is developed on raises #UD for `int n` at CPL3 (and its
+ * `syscall` reaches LSTAR without leaving CPL3), so the #UD handler also accepts
+ * a #UD from CPL3 whose RIP points at the bytes CD 80 as the same system call.
  */
 #ifndef FERRY_GUEST_SYSCALL_H
 #define FERRY_GUEST_SYSCALL_H

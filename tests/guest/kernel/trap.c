@@ -10,6 +10,7 @@
 #include "kernel/layout.h"
 #include "kernel/percpu.h"
 #include "kernel/serial.h"
+#include "kernel/shared.h"
 #include "kernel/trap.h"
 #include "lib/printf.h"
 #include "lib/x86.h"
@@ -21,6 +22,13 @@ static NORETURN void exception(struct trap_frame *f)
                      (f->cs & 3) ? "FERRY-GUEST-FAULT" : "FERRY-GUEST-PANIC",
                      f->vector, f->rip, read_cr2(), f->error);
     console_write_force(buf, (size_t)n);
+    if (g_console_debug) {
+        u16 cs;
+        __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+        n = snprintf(buf, sizeof(buf), "ferry-guest: fault frame cs=0x%llx ss=0x%llx rsp=0x%llx "
+                     "rflags=0x%llx, now cs=0x%x\n", f->cs, f->ss, f->rsp, f->rflags, cs);
+        console_write_force(buf, (size_t)n);
+    }
     halt_forever();
 }
 
@@ -40,6 +48,15 @@ void trap_dispatch(struct trap_frame *f)
         break;
     case VEC_SPURIOUS:
         break;                          /* no EOI for the spurious vector */
+    case 6:
+        /* #UD on "int $0x80" at CPL3: a PVM host's way of delivering it. */
+        if ((f->cs & 3) == 3 && f->rip < g_shared.ram_top &&
+            *(const u16 *)f->rip == 0x80cd) {
+            f->rip += 2;
+            f->rax = syscall_dispatch(f);
+            break;
+        }
+        exception(f);
     default:
         exception(f);
     }

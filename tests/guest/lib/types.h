@@ -11,11 +11,11 @@
 typedef uint8_t u8;
 typedef uint16_t u16;
 typedef uint32_t u32;
-typedef uint64_t u64;
+typedef unsigned long long u64;   /* so that %llu/%llx match */
 typedef int8_t s8;
 typedef int16_t s16;
 typedef int32_t s32;
-typedef int64_t s64;
+typedef long long s64;
 
 #define ARRAY_SIZE(a)      (sizeof(a) / sizeof((a)[0]))
 #define ALIGN_UP(x, a)     (((x) + (a) - 1) & ~((u64)(a) - 1))
