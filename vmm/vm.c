@@ -5,11 +5,13 @@
 #include "arch/x86/layout.h"
 #include "arch/x86/vcpu_setup.h"
 #include "chardev.h"
+#include "control.h"
 #include "devices/acpi_pm.h"
 #include "devices/i8042.h"
 #include "devices/rtc.h"
 #include "devices/serial.h"
 #include "util/log.h"
+#include "vm_control.h"
 
 #include <errno.h>
 #include <glib-unix.h>
@@ -94,6 +96,17 @@ static void release_parked(FerryVm *vm)
     g_mutex_unlock(&vm->lock);
 }
 
+/* Main thread: closes the gate, kicks every vCPU out of KVM_RUN and waits until all park. */
+static void park_all(FerryVm *vm)
+{
+    g_mutex_lock(&vm->lock);
+    vm->pausing = TRUE;
+    g_atomic_int_set(&vm->gate_closed, 1);
+    g_mutex_unlock(&vm->lock);
+    kick_all(vm);
+    wait_parked(vm);
+}
+
 /* Ends every vCPU thread; the VM cannot run again. */
 static void stop_vcpus(FerryVm *vm)
 {
@@ -136,6 +149,54 @@ static const FerryMachineOps machine_ops = {
 void ferry_vm_request_stop(FerryVm *vm)
 {
     post_request(vm, FERRY_VM_REQ_STOP);
+}
+
+void ferry_vm_request_reset(FerryVm *vm)
+{
+    post_request(vm, FERRY_VM_REQ_RESET);
+}
+
+/* Tells control clients about a state change; @reason may be NULL. */
+static void notify_state(FerryVm *vm, const char *status, const char *reason)
+{
+    if (!vm->control)
+        return;
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "status", status);
+    if (reason)
+        json_object_set_string_member(o, "reason", reason);
+    JsonNode *n = json_node_init_object(json_node_alloc(), o);
+    json_object_unref(o);
+    ferry_control_notify(vm->control, "state-changed", n);
+}
+
+const char *ferry_vm_status(const FerryVm *vm)
+{
+    if (vm->stopping)
+        return "shutdown";
+    return vm->user_paused ? "paused" : "running";
+}
+
+void ferry_vm_pause(FerryVm *vm)
+{
+    if (vm->user_paused || vm->stopping)
+        return;
+    park_all(vm);
+    for (guint i = 0; i < vm->devices->len; i++)
+        ferry_device_pause(g_ptr_array_index(vm->devices, i));
+    vm->user_paused = TRUE;
+    notify_state(vm, "paused", NULL);
+}
+
+void ferry_vm_resume(FerryVm *vm)
+{
+    if (!vm->user_paused || vm->stopping)
+        return;
+    vm->user_paused = FALSE;
+    for (guint i = 0; i < vm->devices->len; i++)
+        ferry_device_resume(g_ptr_array_index(vm->devices, i));
+    release_parked(vm);
+    notify_state(vm, "running", NULL);
 }
 
 void ferry_vm_fatal(FerryVm *vm, const char *message)
@@ -288,46 +349,59 @@ static gboolean reset_machine(FerryVm *vm, GError **error)
     return load_guest(vm, error);
 }
 
-static void finish(FerryVm *vm, int status)
+static void finish(FerryVm *vm, int status, const char *reason)
 {
     stop_vcpus(vm);
     vm->exit_status = status;
+    notify_state(vm, "shutdown", reason);
     g_main_loop_quit(vm->loop);
 }
 
 static gboolean process_requests(gpointer data)
 {
     FerryVm *vm = data;
-    wait_parked(vm);
+    g_mutex_lock(&vm->lock);
+    unsigned pending = vm->requests;
+    g_mutex_unlock(&vm->lock);
+    if (!pending || vm->stopping)
+        return G_SOURCE_REMOVE; /* an earlier call took care of it */
+
+    park_all(vm);
     g_mutex_lock(&vm->lock);
     unsigned req = vm->requests;
     vm->requests = 0;
     g_mutex_unlock(&vm->lock);
-    if (vm->stopping || !req)
-        return G_SOURCE_REMOVE;
 
     if (req & FERRY_VM_REQ_FATAL) {
         ferry_log("%s", vm->fatal_message);
-        finish(vm, FERRY_EXIT_ERROR);
-    } else if (req & FERRY_VM_REQ_STOP) {
-        finish(vm, FERRY_EXIT_OK);
-    } else if (req & FERRY_VM_REQ_POWEROFF) {
+        finish(vm, FERRY_EXIT_ERROR, "crashed");
+        return G_SOURCE_REMOVE;
+    }
+    if (req & FERRY_VM_REQ_STOP) {
+        finish(vm, FERRY_EXIT_OK, "stopped");
+        return G_SOURCE_REMOVE;
+    }
+    if (req & FERRY_VM_REQ_POWEROFF) {
         ferry_log("guest powered off");
-        finish(vm, FERRY_EXIT_OK);
-    } else if (req & FERRY_VM_REQ_RESET) {
+        finish(vm, FERRY_EXIT_OK, "poweroff");
+        return G_SOURCE_REMOVE;
+    }
+    if (req & FERRY_VM_REQ_RESET) {
         if (vm->cfg->on_reboot == FERRY_ON_REBOOT_EXIT) {
             ferry_log("guest rebooted; exiting as --on-reboot exit asks");
-            finish(vm, FERRY_EXIT_OK);
+            finish(vm, FERRY_EXIT_OK, "reboot");
             return G_SOURCE_REMOVE;
         }
         g_autoptr(GError) error = NULL;
         if (!reset_machine(vm, &error)) {
             ferry_log("machine reset failed: %s", error->message);
-            finish(vm, FERRY_EXIT_ERROR);
+            finish(vm, FERRY_EXIT_ERROR, "crashed");
             return G_SOURCE_REMOVE;
         }
-        release_parked(vm);
+        notify_state(vm, "reset", NULL);
     }
+    if (!vm->user_paused)
+        release_parked(vm);
     return G_SOURCE_REMOVE;
 }
 
@@ -335,6 +409,15 @@ int ferry_vm_run(FerryVm *vm)
 {
     vm->loop = g_main_loop_new(NULL, FALSE);
     ferry_vcpu_install_kick_handler();
+    if (vm->cfg->control_socket) {
+        g_autoptr(GError) error = NULL;
+        vm->control = ferry_control_new(vm->cfg->control_socket, ferry_vm_control_methods, vm,
+                                        &error);
+        if (!vm->control) {
+            ferry_log("%s", error->message);
+            return FERRY_EXIT_ERROR;
+        }
+    }
     for (unsigned i = 0; i < vm->nr_vcpus; i++) {
         g_autoptr(GError) error = NULL;
         g_mutex_lock(&vm->lock);
@@ -352,6 +435,8 @@ int ferry_vm_run(FerryVm *vm)
     }
     g_main_loop_run(vm->loop);
 out:
+    if (vm->control)
+        ferry_control_flush(vm->control, 1000);
     return vm->exit_status;
 }
 
@@ -365,6 +450,8 @@ void ferry_vm_free(FerryVm *vm)
             ferry_vcpu_free(vm->vcpus[i]);
         g_free(vm->vcpus);
     }
+    if (vm->control)
+        ferry_control_free(vm->control);
     g_ptr_array_unref(vm->devices);
     if (vm->console)
         ferry_chardev_free(vm->console);

@@ -39,6 +39,8 @@ struct FerryVm {
 
     GMainLoop *loop;
     int exit_status;
+    struct FerryControl *control; /* NULL without --control-socket */
+    gboolean user_paused;         /* paused by the control API (main thread only) */
 
     /* Run gate shared with the vCPU threads (vm.c). */
     GMutex lock;
@@ -67,6 +69,19 @@ int ferry_vm_run(FerryVm *vm);
 
 /* Asks the VM to stop (main-loop thread or signal handler source); run() returns 0. */
 void ferry_vm_request_stop(FerryVm *vm);
+
+/* Asks for a machine reset, as if the guest had rebooted (any thread). */
+void ferry_vm_request_reset(FerryVm *vm);
+
+/*
+ * Pauses every vCPU (main thread; returns once they are all parked) / lets them run again.
+ * Devices are told through their pause/resume ops.  Both are no-ops in the target state.
+ */
+void ferry_vm_pause(FerryVm *vm);
+void ferry_vm_resume(FerryVm *vm);
+
+/* "running", "paused" or "shutdown" (main thread). */
+const char *ferry_vm_status(const FerryVm *vm);
 
 /*
  * Reports a fatal error from any thread (a vCPU that cannot continue): every vCPU stops and

@@ -40,18 +40,20 @@ int ioapic_route_isa(const struct acpi_info *ai, u8 irq, u8 vector, u32 dest_api
         }
     }
 
+    /* The IOAPIC with the highest GSI base not above the GSI; only that one is
+     * touched (MMIO exits can be slow, especially to user-space IOAPICs). */
     struct acpi_ioapic def = { 0, 0xfec00000, 0 };
     const struct acpi_ioapic *io = ai->nioapics ? NULL : &def;
     for (u32 i = 0; i < ai->nioapics; i++) {
-        u64 base = ai->ioapic[i].addr;
-        mm_set_uncached(base);
-        u32 entries = ((io_read(base, 0x01) >> 16) & 0xff) + 1;
-        if (gsi >= ai->ioapic[i].gsi_base && gsi < ai->ioapic[i].gsi_base + entries)
+        if (ai->ioapic[i].gsi_base <= gsi && (!io || ai->ioapic[i].gsi_base > io->gsi_base))
             io = &ai->ioapic[i];
     }
     if (!io)
         return -1;
     mm_set_uncached(io->addr);
+    u32 entries = ((io_read(io->addr, 0x01) >> 16) & 0xff) + 1;    /* version register */
+    if (gsi - io->gsi_base >= entries)
+        return -1;
 
     u32 pin = gsi - io->gsi_base;
     u32 lo = vector;
