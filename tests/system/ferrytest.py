@@ -445,7 +445,9 @@ class GuestProcess:
         return d
 
     def wait_workset(self, timeout=BOOT_TIMEOUT):
-        m = self.wait_for(WORKSET_RE, timeout)
+        """Wait for FERRY-WORKSET, searching from the first console line
+        (the guest prints it before READY)."""
+        m = self.wait_for(WORKSET_RE, timeout, since=0)
         return {'base': int(m.group('base'), 16),
                 'size': int(m.group('size'), 16),
                 'cpus': int(m.group('cpus')), 'line': m.string}

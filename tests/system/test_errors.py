@@ -100,13 +100,13 @@ def test_memory_too_large(vmm, kvm, any_kernel):
 
 def test_cpus_zero(vmm, any_kernel):
     res = ferrytest.run_vmm(['--kernel', any_kernel, '--cpus', '0'], vmm=vmm)
-    check_refused(res, (USAGE_ERROR,), ['cpus'])
+    check_refused(res, (USAGE_ERROR,), ['cpu'])
 
 
 def test_cpus_not_a_number(vmm, any_kernel):
     res = ferrytest.run_vmm(['--kernel', any_kernel, '--cpus', 'two'],
                             vmm=vmm)
-    check_refused(res, (USAGE_ERROR,), ['cpus'])
+    check_refused(res, (USAGE_ERROR,), ['cpu'])
 
 
 def test_unknown_option(vmm, any_kernel):

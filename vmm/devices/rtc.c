@@ -57,13 +57,19 @@ static void guest_time(const FerryRtc *r, struct tm *tm)
     gmtime_r(&t, tm);
 }
 
+/* The time the registers show: frozen while the guest sets it (B.SET), else running. */
+static void shown_time(const FerryRtc *r, struct tm *tm)
+{
+    if (r->cmos[REG_B] & B_SET)
+        *tm = r->set_time;
+    else
+        guest_time(r, tm);
+}
+
 static uint8_t read_time_reg(FerryRtc *r, uint8_t reg)
 {
     struct tm tm;
-    if (r->cmos[REG_B] & B_SET)
-        tm = r->set_time;
-    else
-        guest_time(r, &tm);
+    shown_time(r, &tm);
     switch (reg) {
     case REG_SEC:
         return to_reg(r, (unsigned) tm.tm_sec);
@@ -97,10 +103,7 @@ static gboolean is_time_reg(uint8_t reg)
 static void write_time_reg(FerryRtc *r, uint8_t reg, uint8_t v)
 {
     struct tm tm;
-    if (r->cmos[REG_B] & B_SET)
-        tm = r->set_time;
-    else
-        guest_time(r, &tm);
+    shown_time(r, &tm);
     switch (reg) {
     case REG_SEC:
         tm.tm_sec = (int) from_reg(r, v);

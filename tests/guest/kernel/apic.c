@@ -14,6 +14,7 @@
 #define LAPIC_ICR_HI    0x310
 #define LAPIC_LVT_TIMER 0x320
 #define LAPIC_LVT_LINT0 0x350
+#define LAPIC_LVT_LINT1 0x360
 #define LAPIC_TIMER_ICR 0x380
 #define LAPIC_TIMER_CCR 0x390
 #define LAPIC_TIMER_DCR 0x3e0
@@ -22,6 +23,7 @@
 #define APIC_BASE_EXTD  (1ull << 10)
 #define LVT_MASKED      (1u << 16)
 #define LVT_PERIODIC    (1u << 17)
+#define LVT_DM_NMI      (4u << 8)
 #define ICR_INIT        0x00000500u
 #define ICR_STARTUP     0x00000600u
 #define ICR_ASSERT      0x00004000u
@@ -58,7 +60,7 @@ void lapic_setup_bsp(bool force_xapic)
 bool lapic_x2apic(void) { return x2; }
 u64 lapic_mmio_base(void) { return mmio; }
 
-void lapic_enable(void)
+void lapic_enable(bool bsp)
 {
     u64 base = rdmsr(MSR_APIC_BASE);
     if (!(base & APIC_BASE_EN))
@@ -68,6 +70,9 @@ void lapic_enable(void)
     wr(LAPIC_TPR, 0);
     wr(LAPIC_SVR, 0x100 | VEC_SPURIOUS);
     wr(LAPIC_LVT_LINT0, LVT_MASKED);
+    /* LINT1 carries the external NMI (virtual wire, as firmware and Linux set it
+     * up on the BSP); QEMU's inject-nmi only reaches CPUs programmed this way. */
+    wr(LAPIC_LVT_LINT1, bsp ? LVT_DM_NMI : LVT_MASKED);
 }
 
 u32 lapic_id(void)
@@ -109,7 +114,7 @@ u64 lapic_timer_calibrate(void)
     wr(LAPIC_LVT_TIMER, LVT_MASKED | VEC_TIMER);
     u64 t0 = now_ns();
     wr(LAPIC_TIMER_ICR, 0xffffffffu);
-    while (now_ns() - t0 < 10 * 1000 * 1000)
+    while (now_ns() - t0 < 5 * 1000 * 1000)        /* 5 ms: ~0.5% is plenty for a tick */
         cpu_relax();
     u32 left = rd(LAPIC_TIMER_CCR);
     u64 t1 = now_ns();
@@ -120,7 +125,9 @@ u64 lapic_timer_calibrate(void)
 
 void lapic_timer_start(u32 count)
 {
+    if (!count)
+        return;
     wr(LAPIC_TIMER_DCR, DCR_DIV16);
     wr(LAPIC_LVT_TIMER, LVT_PERIODIC | VEC_TIMER);
-    wr(LAPIC_TIMER_ICR, count ? count : 1);
+    wr(LAPIC_TIMER_ICR, count);
 }

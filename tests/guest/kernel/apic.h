@@ -13,8 +13,9 @@
 
 /* BSP: chooses the mode. `force_xapic` ignores x2APIC support. */
 void lapic_setup_bsp(bool force_xapic);
-/* Each CPU: enable (software enable, spurious vector, LINT0 masked). */
-void lapic_enable(void);
+/* Each CPU: enable (software enable, spurious vector, LINT0 masked, LINT1 = NMI
+ * on the BSP, masked elsewhere). */
+void lapic_enable(bool bsp);
 u32 lapic_id(void);
 void lapic_eoi(void);
 bool lapic_x2apic(void);

@@ -59,7 +59,7 @@ void kmain(u64 entry, u64 info)
     kdebug("ferry-guest: acpi rsdp 0x%llx cpus %u\n", g_shared.acpi.rsdp, g_shared.acpi.ncpus);
 
     lapic_setup_bsp(cmdline_has(bi->cmdline, "ferry.xapic"));
-    lapic_enable();
+    lapic_enable(true);
     bsp->apic_id = lapic_id();
     g_shared.x2apic = lapic_x2apic();
 
@@ -71,6 +71,8 @@ void kmain(u64 entry, u64 info)
 
     g_shared.lapic_hz = lapic_timer_calibrate();
     g_shared.timer_count = (u32)MIN(g_shared.lapic_hz / g_shared.timer_hz, 0xffffffffull);
+    if (!g_shared.timer_count)
+        kprintf("ferry-guest: the local APIC timer does not count; no timer, idle loops spin\n");
     kdebug("ferry-guest: lapic timer %llu Hz\n", g_shared.lapic_hz);
 
     pic_mask();

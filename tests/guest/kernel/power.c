@@ -15,6 +15,7 @@
 #include "kernel/kclock.h"
 #include "kernel/power.h"
 #include "kernel/shared.h"
+#include "lib/cmdline.h"
 #include "lib/x86.h"
 
 static void pm1_write(u32 port, const struct acpi_gas *x, u8 slp_typ)
@@ -44,7 +45,11 @@ void power_off(void)
     u8 a = 0, b = 0;
 
     if (ai->fadt) {
-        bool have_s5 = acpi_s5(ai, &a, &b);
+        bool have_s5 = g_shared.s5_valid;
+        a = g_shared.s5_slp_typ_a;
+        b = g_shared.s5_slp_typ_b;
+        if (!have_s5)
+            have_s5 = acpi_s5(ai, &a, &b);
         kdebug("ferry-guest: poweroff: _S5_ %s SLP_TYPa=%u SLP_TYPb=%u\n",
                have_s5 ? "found" : "missing", a, b);
         if ((ai->fadt_flags & FADT_HW_REDUCED_ACPI) && ai->sleep_control.address) {
@@ -59,18 +64,32 @@ void power_off(void)
     halt_forever();
 }
 
+/* ferry.reset=acpi|kbd|triple restricts the reset to one method (debugging). */
+static bool method(const char *name)
+{
+    const char *c = g_shared.boot.cmdline;
+    return !cmdline_has(c, "ferry.reset") || cmdline_is(c, "ferry.reset", name);
+}
+
 void power_reset(void)
 {
     const struct acpi_info *ai = &g_shared.acpi;
 
-    if (ai->fadt && (ai->fadt_flags & FADT_RESET_REG_SUP) && ai->reset_reg.address) {
+    if (method("acpi") && ai->fadt && (ai->fadt_flags & FADT_RESET_REG_SUP) &&
+        ai->reset_reg.address) {
+        kdebug("ferry-guest: reset: FADT RESET_REG space %u address 0x%llx value 0x%x\n",
+               ai->reset_reg.space_id, ai->reset_reg.address, ai->reset_value);
         acpi_gas_write(&ai->reset_reg, ai->reset_value);
         wait_ms(500);
     }
-    outb(0x64, 0xfe);                   /* i8042: pulse the CPU reset line */
-    wait_ms(500);
+    if (method("kbd")) {
+        kdebug("ferry-guest: reset: i8042 (0xfe to port 0x64)\n");
+        outb(0x64, 0xfe);               /* i8042: pulse the CPU reset line */
+        wait_ms(500);
+    }
 
     /* Triple fault: no IDT, then an exception. */
+    kdebug("ferry-guest: reset: triple fault\n");
     struct {
         u16 limit;
         u64 base;

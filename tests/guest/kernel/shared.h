@@ -33,6 +33,9 @@ struct guest_shared {
     int serial_gsi;             /* -1: no IOAPIC route, no serial input */
     u32 tramp_page;             /* AP trampoline GPA, 0 if no APs */
     u64 boot_ns;                /* clock when kmain started */
+    bool s5_valid;              /* \_S5_ found (by CPU 0 at CPL3, before READY) */
+    u8 s5_slp_typ_a, s5_slp_typ_b;
+    u32 nmi_count[MAX_CPUS];    /* NMIs taken, per CPU */
 
     /* handshake, written by CPL3 */
     u32 cpus_in_user;

@@ -113,7 +113,7 @@ void ap_main(struct percpu *c)
     write_cr0((read_cr0() & ~0x60000000ull) | 0x00010000);  /* caches on (CD/NW off), WP */
     cpu_tables_init(c);
     idt_load();
-    lapic_enable();
+    lapic_enable(false);
     clock_init_cpu(c);
     lapic_timer_start(g_shared.timer_count);
     atomic_store(&c->alive, 1);

@@ -15,7 +15,11 @@
 #define SYS_IDLE        1   /* () -> 0; sleeps until the next interrupt (timer, serial) */
 #define SYS_POWEROFF    2   /* () does not return */
 #define SYS_REBOOT      3   /* () does not return */
+#define SYS_CRASH       4   /* () faults at CPL0 (ferry.crash=kernel, for testing) */
 
 #define SYS_WRITE_MAX   4096
+
+/* Above the 512 GiB the page tables can map: any access is a page fault. */
+#define CRASH_ADDR      0x8000000000ull
 
 #endif

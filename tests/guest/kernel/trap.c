@@ -48,6 +48,11 @@ void trap_dispatch(struct trap_frame *f)
         break;
     case VEC_SPURIOUS:
         break;                          /* no EOI for the spurious vector */
+    case 2:
+        /* NMI (e.g. virsh inject-nmi): counted, reported by CPU 0 at CPL3. No
+         * printing here: the console lock may be held by the interrupted code. */
+        atomic_inc(&g_shared.nmi_count[this_cpu()->index]);
+        break;
     case 6:
         /* #UD on "int $0x80" at CPL3: a PVM host's way of delivering it. */
         if ((f->cs & 3) == 3 && f->rip < g_shared.ram_top &&

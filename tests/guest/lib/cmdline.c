@@ -29,6 +29,15 @@ bool cmdline_has(const char *cmdline, const char *key)
     return find(cmdline, key) != NULL;
 }
 
+bool cmdline_is(const char *cmdline, const char *key, const char *value)
+{
+    const char *v = find(cmdline, key);
+    size_t n = strlen(value);
+
+    return v && strncmp(v, value, n) == 0 && (v[n] == 0 || v[n] == ' ' || v[n] == '\t' ||
+                                               v[n] == '\n');
+}
+
 u64 cmdline_u64(const char *cmdline, const char *key, u64 dflt)
 {
     const char *v = find(cmdline, key);

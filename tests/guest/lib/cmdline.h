@@ -10,6 +10,8 @@
 
 /* True if the word `key` or `key=...` occurs. */
 bool cmdline_has(const char *cmdline, const char *key);
+/* True if `key=value` occurs with exactly this value (last occurrence). */
+bool cmdline_is(const char *cmdline, const char *key, const char *value);
 /* Parses `key=<decimal>` (0x prefix allowed); returns dflt if absent or malformed. */
 u64 cmdline_u64(const char *cmdline, const char *key, u64 dflt);
 

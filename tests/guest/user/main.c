@@ -40,6 +40,18 @@ void options_parse(void)
                       (s64)cmdline_u64(c, "ferry.reboot", 0) : -1;
 }
 
+/* ferry.crash=user|kernel: a page fault at CPL3 / CPL0 right after READY, to
+ * test that FERRY-GUEST-FAULT / FERRY-GUEST-PANIC reach the host. */
+static void crash_if_asked(void)
+{
+    const char *c = g_shared.boot.cmdline;
+
+    if (cmdline_is(c, "ferry.crash", "user"))
+        (void)*(volatile u64 *)CRASH_ADDR;
+    if (cmdline_is(c, "ferry.crash", "kernel"))
+        usys(SYS_CRASH, 0, 0);
+}
+
 static NORETURN void idle_run(unsigned cpu)
 {
     struct ucpu_stats *s = &g_ustats[cpu];
@@ -62,6 +74,10 @@ void user_main(u64 cpu)
             sys_idle();
     } else {
         options_parse();
+        /* The DSDT byte scan runs here at native speed instead of at CPL0 in
+         * power_off(); acpi_s5() only reads memory. */
+        g_shared.s5_valid = acpi_s5(&g_shared.acpi, &g_shared.s5_slp_typ_a,
+                                    &g_shared.s5_slp_typ_b);
         if (!g_opt.quiet)
             report_boot();
         while (atomic_load(&g_shared.cpus_in_user) < g_shared.ncpus)
@@ -75,6 +91,7 @@ void user_main(u64 cpu)
                 g_shared.boot.entry == ENTRY_PVH ? "pvh" : "bzimage");
         monitor_start(now, ws);
         atomic_store(&g_shared.user_go, 1);
+        crash_if_asked();
     }
     if (g_opt.dirty_mib)
         workset_run((unsigned)cpu);

@@ -13,6 +13,7 @@ static u64 ready_ns, next_hb, hb_n, max_gap_ns, action_at;
 static int action;              /* 0 none, 1 power-off, 2 reboot */
 static bool heartbeat, ws_active, populated_noted;
 static u64 last_iter[MAX_CPUS];
+static u32 nmi_seen[MAX_CPUS];
 
 void monitor_start(u64 now, bool workset)
 {
@@ -67,6 +68,14 @@ bool monitor_poll(u64 now)
             uprintf("ferry-guest: working set populated %llu ms after READY\n",
                     (now - ready_ns) / NS_PER_MS);
         printed = true;
+    }
+    for (u32 c = 0; c < g_shared.ncpus; c++) {
+        u32 n = atomic_load(&g_shared.nmi_count[c]);
+        if (n != nmi_seen[c]) {
+            nmi_seen[c] = n;
+            uprintf("FERRY-NMI cpu=%u count=%u\n", c, n);
+            printed = true;
+        }
     }
     if (heartbeat && now >= next_hb) {
         print_heartbeat(now);

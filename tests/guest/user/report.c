@@ -54,7 +54,6 @@ void report_cpus(void)
         uprintf("ferry-guest: cpu %u apic %u online\n", i, g_shared.cpu[i].apic_id);
     if (g_shared.tramp_page)
         uprintf("ferry-guest: ap trampoline at 0x%x\n", g_shared.tramp_page);
-    uprintf("ferry-guest: kernel boot took %llu ms (clock %llu -> %llu ms)\n",
-            (unow(0) - g_shared.boot_ns) / NS_PER_MS, g_shared.boot_ns / NS_PER_MS,
-            unow(0) / NS_PER_MS);
+    uprintf("ferry-guest: kernel clock started at %llu ms, all %u CPUs in CPL3 at %llu ms\n",
+            g_shared.boot_ns / NS_PER_MS, g_shared.ncpus, unow(0) / NS_PER_MS);
 }

@@ -14,8 +14,7 @@ struct ucpu_stats {
     u64 dirtied_bytes;
     u64 verified_bytes;
     u64 gap_interval_ns;    /* largest gap since CPU 0 last took it (xchg) */
-    u64 gap_max_ns;         /* largest gap since READY */
-    u64 pad[3];
+    u64 pad[4];
 } ALIGNED(64);
 
 extern struct ucpu_stats g_ustats[MAX_CPUS];
@@ -30,8 +29,6 @@ static inline void stats_tick(struct ucpu_stats *s, u64 *last, u64 now)
                !__atomic_compare_exchange_n(&s->gap_interval_ns, &cur, gap, false,
                                             __ATOMIC_RELAXED, __ATOMIC_RELAXED))
             ;
-        if (gap > s->gap_max_ns)
-            WRITE_ONCE(s->gap_max_ns, gap);
         *last = now;
     }
     WRITE_ONCE(s->iterations, s->iterations + 1);

@@ -23,7 +23,7 @@
 
 #define PAGE            4096ull
 #define WS_MAX_RANGES   16
-#define WRITE_BATCH     16          /* pages per pass when the rate is unlimited */
+#define WRITE_BATCH     4           /* pages per pass when the rate is unlimited */
 #define FILL_BATCH      32          /* pages per pass while populating */
 #define RATE_BATCH_MAX  64          /* pages per pass at most when paced */
 #define VERIFY_BATCH    16          /* pages verified per pass */
