@@ -46,6 +46,7 @@ void kmain(u64 entry, u64 info)
     kdebug("ferry-guest: kmain entry %llu info 0x%llx\n", entry, info);
 
     mm_init(bi);
+    mm_map_high(bi);                    /* before ACPI: tables may live above 4 GiB */
     g_shared.ram_bytes = g_ram_bytes;
     g_shared.ram_top = g_ram_top;
 
@@ -80,7 +81,6 @@ void kmain(u64 entry, u64 info)
     if (g_shared.serial_gsi >= 0)
         serial_enable_rx_irq();
 
-    mm_map_high(bi);
     lapic_timer_start(g_shared.timer_count);
     smp_boot();
     g_shared.free_base = mm_heap_end();

@@ -110,7 +110,7 @@ void smp_boot(void)
 
 void ap_main(struct percpu *c)
 {
-    write_cr0((read_cr0() & ~0x60000000ull) | 0x00010000);  /* caches on (CD/NW off), WP */
+    write_cr0((read_cr0() & ~0x60000000ull) | CR0_WP);      /* caches on (CD/NW off), WP */
     cpu_tables_init(c);
     idt_load();
     lapic_enable(false);
