@@ -60,8 +60,8 @@ static NORETURN void idle_run(unsigned cpu)
     for (;;) {
         u64 now = unow(cpu);
         stats_tick(s, &last, now);
-        if (cpu == 0 && monitor_poll(now))
-            last = unow(cpu);
+        if (cpu == 0)
+            monitor_poll(now);
         sys_idle();
     }
 }

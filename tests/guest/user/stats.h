@@ -37,7 +37,7 @@ static inline void stats_tick(struct ucpu_stats *s, u64 *last, u64 now)
 /* monitor.c (CPU 0 only) */
 void monitor_start(u64 ready_ns, bool workset);
 /* Heartbeat, power-off/reboot deadlines, progress notes. Returns true if it
- * printed (the caller then restarts its gap measurement). */
+ * printed.  Its run time counts in the caller's next gap. */
 bool monitor_poll(u64 now);
 
 /* workset.c */
