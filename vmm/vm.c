@@ -72,18 +72,16 @@ void ferry_vm_vcpu_exited(FerryVm *vm, FerryVcpu *vcpu)
     g_mutex_unlock(&vm->lock);
 }
 
-/* Main thread: waits until every running vCPU thread is parked (or gone). */
+/*
+ * Main thread: waits until every running vCPU thread is parked (or gone).  No re-kick is
+ * needed: a kick sets immediate_exit before the signal, so a thread anywhere between its
+ * gate check and KVM_RUN still comes back to the gate at once.
+ */
 static void wait_parked(FerryVm *vm)
 {
     g_mutex_lock(&vm->lock);
-    while (vm->nr_parked < vm->nr_running && !vm->stopping) {
-        gint64 deadline = g_get_monotonic_time() + 100 * G_TIME_SPAN_MILLISECOND;
-        if (!g_cond_wait_until(&vm->cond, &vm->lock, deadline)) {
-            g_mutex_unlock(&vm->lock);
-            kick_all(vm); /* a thread that was between gate and KVM_RUN: kick again */
-            g_mutex_lock(&vm->lock);
-        }
-    }
+    while (vm->nr_parked < vm->nr_running && !vm->stopping)
+        g_cond_wait(&vm->cond, &vm->lock);
     g_mutex_unlock(&vm->lock);
 }
 
