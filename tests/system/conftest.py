@@ -18,6 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ferrytest  # noqa: E402
 
 
+# Text that means a sanitizer (-Dsanitize=true builds) found a bug.
+SANITIZER_MARKS = ('AddressSanitizer', 'LeakSanitizer',
+                   'UndefinedBehaviorSanitizer', 'runtime error:')
+
+
 def _require_file(path, what):
     if not os.path.isfile(path):
         pytest.fail('%s not found at %s (build it with ninja, or set the '
@@ -74,8 +79,15 @@ def spawn_vmm(request, vmm_binary, kvm):
         return v
 
     yield factory
+    reports = []
     for v in started:
         v.close()
         print('%s: %s, %d console lines, log %s'
               % (' '.join(v.argv), ferrytest.describe_status(v.returncode),
                  len(v.console.lines), v.log_path))
+        text = '\n'.join(v.stderr_lines)
+        if any(s in text for s in SANITIZER_MARKS):
+            reports.append('%s\n%s' % (' '.join(v.argv), text[-4000:]))
+    if reports:
+        pytest.fail('sanitizer report on ferry-vmm stderr:\n'
+                    + '\n'.join(reports), pytrace=False)
