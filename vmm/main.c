@@ -65,6 +65,7 @@ static int run(FerryVmConfig *cfg, int *argc, char ***argv)
 int main(int argc, char **argv)
 {
     FerryVmConfig cfg;
+    g_set_prgname("ferry-vmm");
     ferry_vm_config_init(&cfg);
     int status = run(&cfg, &argc, &argv);
     ferry_vm_config_clear(&cfg);

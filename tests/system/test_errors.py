@@ -130,3 +130,12 @@ def test_bad_serial(vmm, any_kernel):
     res = ferrytest.run_vmm(['--kernel', any_kernel, '--serial', 'carrier'],
                             vmm=vmm)
     check_refused(res, (USAGE_ERROR,), ['serial|carrier'])
+
+
+def test_help():
+    res = ferrytest.run_vmm(['--help'])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith('Usage:\n  ferry-vmm [OPTION'), res.stdout[:200]
+    for opt in ('--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--serial',
+                '--control-socket', '--name', '--on-reboot'):
+        assert opt in res.stdout, opt
