@@ -21,6 +21,7 @@ static void add_region(FerryGuestMemory *mem, uint64_t gpa, uint64_t size, uint6
     r->fd_offset = offset;
     r->hva = mem->base + offset;
     r->slot = mem->nr_regions;
+    r->vmm_dirty = g_new0(uint64_t, (size / FERRY_PAGE_SIZE + 63) / 64);
     mem->nr_regions++;
 }
 
@@ -151,6 +152,36 @@ static void copy_in(uint8_t *hva, uint64_t done, uint64_t n, void *ctx)
     memcpy(hva, (const uint8_t *) ctx + done, n);
 }
 
+static void set_dirty_bits(FerryMemRegion *r, uint64_t first_page, uint64_t last_page)
+{
+    for (uint64_t p = first_page; p <= last_page; p++)
+        __atomic_fetch_or(&r->vmm_dirty[p / 64], 1ULL << (p % 64), __ATOMIC_RELAXED);
+}
+
+void ferry_guest_memory_mark_dirty(FerryGuestMemory *mem, uint64_t gpa, uint64_t len)
+{
+    if (len == 0)
+        return;
+    for (unsigned i = 0; i < mem->nr_regions; i++) {
+        FerryMemRegion *r = &mem->regions[i];
+        uint64_t start = MAX(gpa, r->gpa);
+        uint64_t end = MIN(gpa + len, r->gpa + r->size); /* exclusive */
+        if (gpa + len < gpa)                           /* wrapped: clamp to the region */
+            end = r->gpa + r->size;
+        if (start >= end)
+            continue;
+        set_dirty_bits(r, (start - r->gpa) / FERRY_PAGE_SIZE, (end - 1 - r->gpa) / FERRY_PAGE_SIZE);
+    }
+}
+
+void ferry_guest_memory_take_vmm_dirty(FerryGuestMemory *mem, unsigned index, uint64_t *out)
+{
+    FerryMemRegion *r = &mem->regions[index];
+    uint64_t words = (r->size / FERRY_PAGE_SIZE + 63) / 64;
+    for (uint64_t w = 0; w < words; w++)
+        out[w] = __atomic_exchange_n(&r->vmm_dirty[w], 0, __ATOMIC_RELAXED);
+}
+
 static void copy_out(uint8_t *hva, uint64_t done, uint64_t n, void *ctx)
 {
     memcpy((uint8_t *) ctx + done, hva, n);
@@ -159,8 +190,10 @@ static void copy_out(uint8_t *hva, uint64_t done, uint64_t n, void *ctx)
 gboolean ferry_guest_memory_write(FerryGuestMemory *mem, uint64_t gpa, const void *buf,
                                   uint64_t len, GError **error)
 {
-    /* Issue 3 adds the VMM-side dirty bitmap update here. */
-    return for_each_piece(mem, gpa, len, copy_in, (void *) buf, error);
+    if (!for_each_piece(mem, gpa, len, copy_in, (void *) buf, error))
+        return FALSE;
+    ferry_guest_memory_mark_dirty(mem, gpa, len);
+    return TRUE;
 }
 
 gboolean ferry_guest_memory_read(const FerryGuestMemory *mem, uint64_t gpa, void *buf,
@@ -190,5 +223,7 @@ void ferry_guest_memory_free(FerryGuestMemory *mem)
         munmap(mem->base, mem->total);
     if (mem->memfd >= 0)
         close(mem->memfd);
+    for (unsigned i = 0; i < mem->nr_regions; i++)
+        g_free(mem->regions[i].vmm_dirty);
     g_free(mem);
 }

@@ -24,12 +24,20 @@ typedef enum {
 
 #define FERRY_MAX_RAM_REGIONS 4
 
+#define FERRY_PAGE_SIZE 4096ULL
+
 typedef struct {
     uint64_t gpa;       /* first guest-physical byte */
     uint64_t size;      /* bytes, page-aligned */
     uint8_t *hva;       /* where it is mapped in the VMM */
     uint64_t fd_offset; /* offset of the region in the memfd */
     uint32_t slot;      /* KVM memslot number */
+    /*
+     * Pages the VMM itself wrote (one bit per 4 KiB page, bit i of word i / 64), set
+     * atomically from any thread.  KVM's dirty log does not see these writes; the migration
+     * engine merges the two.
+     */
+    uint64_t *vmm_dirty;
 } FerryMemRegion;
 
 typedef struct {
@@ -66,6 +74,19 @@ gboolean ferry_guest_memory_write(FerryGuestMemory *mem, uint64_t gpa, const voi
                                   uint64_t len, GError **error);
 gboolean ferry_guest_memory_read(const FerryGuestMemory *mem, uint64_t gpa, void *buf,
                                  uint64_t len, GError **error);
+
+/*
+ * Marks the pages of [@gpa, @gpa + @len) dirty in the VMM-side bitmap (any thread).  For
+ * device writes that bypass ferry_guest_memory_write() (buffers filled in place through
+ * an HVA, e.g. block reads); parts outside RAM are ignored.
+ */
+void ferry_guest_memory_mark_dirty(FerryGuestMemory *mem, uint64_t gpa, uint64_t len);
+
+/*
+ * Copies the VMM-side dirty bits of region @index into @out (region size / 4 KiB bits,
+ * rounded up to whole uint64_t words) and clears them, atomically per word.
+ */
+void ferry_guest_memory_take_vmm_dirty(FerryGuestMemory *mem, unsigned index, uint64_t *out);
 
 /* Returns all of guest RAM to zero and its pages to the host (machine reset). */
 void ferry_guest_memory_discard(FerryGuestMemory *mem);

@@ -68,6 +68,34 @@ static void test_memory_layout(void)
     g_assert_cmpuint(back, ==, 0);
 }
 
+static void test_memory_dirty(void)
+{
+    g_autoptr(FerryGuestMemory) mem = ferry_guest_memory_new(5 * FERRY_GIB, NULL);
+    const uint64_t words0 = (3 * FERRY_GIB / 4096 + 63) / 64;
+    const uint64_t words1 = (2 * FERRY_GIB / 4096 + 63) / 64;
+    g_autofree uint64_t *b0 = g_new0(uint64_t, words0);
+    g_autofree uint64_t *b1 = g_new0(uint64_t, words1);
+
+    /* ferry_guest_memory_write marks what it writes: 8 bytes straddling pages 1 and 2. */
+    const uint64_t v = 42;
+    g_assert_true(ferry_guest_memory_write(mem, 2 * 4096 - 4, &v, 8, NULL));
+    /* A device write through an HVA, above 4 GiB, spanning 3 pages. */
+    ferry_guest_memory_mark_dirty(mem, 4 * FERRY_GIB + 4096 + 100, 2 * 4096);
+    /* Outside RAM: ignored, no crash. */
+    ferry_guest_memory_mark_dirty(mem, 3 * FERRY_GIB + 10, 4096);
+    ferry_guest_memory_mark_dirty(mem, G_MAXUINT64 - 10, 100);
+
+    ferry_guest_memory_take_vmm_dirty(mem, 0, b0);
+    ferry_guest_memory_take_vmm_dirty(mem, 1, b1);
+    g_assert_cmphex(b0[0], ==, 0x6);
+    for (uint64_t w = 1; w < words0; w++)
+        g_assert_cmphex(b0[w], ==, 0);
+    g_assert_cmphex(b1[0], ==, 0xe);
+    /* Taking clears. */
+    ferry_guest_memory_take_vmm_dirty(mem, 0, b0);
+    g_assert_cmphex(b0[0], ==, 0);
+}
+
 static void test_memory_too_big(void)
 {
     g_autoptr(GError) error = NULL;
@@ -308,6 +336,7 @@ int main(int argc, char **argv)
     g_test_add_func("/boot/e820", test_e820);
     g_test_add_func("/boot/memory-layout", test_memory_layout);
     g_test_add_func("/boot/memory-too-big", test_memory_too_big);
+    g_test_add_func("/boot/memory-dirty", test_memory_dirty);
     g_test_add_func("/boot/bzimage", test_bzimage);
     g_test_add_func("/boot/bzimage-errors", test_bzimage_errors);
     g_test_add_func("/boot/pvh", test_pvh);
