@@ -59,6 +59,9 @@ isr_\vec:
     ISR_NOERR 31
     ISR_NOERR 32        /* VEC_TIMER */
     ISR_NOERR 36        /* VEC_SERIAL */
+    .irp v, 48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79
+    ISR_NOERR \v       /* VEC_MSI_BASE.. */
+    .endr
     ISR_NOERR 128       /* VEC_SYSCALL */
     ISR_NOERR 255       /* VEC_SPURIOUS */
 
@@ -101,9 +104,13 @@ isr_common:
 /* Stub addresses for idt.c: exceptions 0-31, then timer, serial, syscall, spurious. */
     .section .rodata
     .balign 8
-    .globl isr_exc_table, isr_timer, isr_serial, isr_syscall, isr_spurious
+    .globl isr_exc_table, isr_timer, isr_serial, isr_syscall, isr_spurious, isr_msi_table
 isr_exc_table:
     .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad   isr_\v
+    .endr
+isr_msi_table:
+    .irp v, 48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79
     .quad   isr_\v
     .endr
 isr_timer:      .quad isr_32

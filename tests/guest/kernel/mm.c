@@ -121,3 +121,39 @@ void mm_set_uncached(u64 addr)
     boot_pd[addr >> 21] |= PTE_PCD | PTE_PWT;
     invlpg(ALIGN_DOWN(addr, 2 * MiB));
 }
+
+/* Page directories for MMIO above 4 GiB (64-bit BARs placed high by the VMM). */
+#define MMIO_PDS 4
+static u64 mmio_pd[MMIO_PDS][512] ALIGNED(4096);
+static u32 mmio_pds_used;
+
+bool mm_map_mmio(u64 addr, u64 size)
+{
+    if (!size || addr + size < addr || addr + size > 512 * GiB)
+        return false;
+    for (u64 a = ALIGN_DOWN(addr, 2 * MiB); a < addr + size; a += 2 * MiB) {
+        if (a < 4 * GiB) {
+            mm_set_uncached(a);
+            continue;
+        }
+        u64 g = a >> 30;
+        if (!boot_pdpt[g]) {
+            if (mmio_pds_used == MMIO_PDS)
+                return false;
+            u64 *pd = mmio_pd[mmio_pds_used++];
+            for (u64 k = 0; k < 512; k++)
+                pd[k] = 0;
+            boot_pdpt[g] = (u64)pd | PTE_TABLE;
+        }
+        if (boot_pdpt[g] & PTE_PS)
+            return false;               /* a 1 GiB RAM page: not MMIO */
+        u64 *pd = (u64 *)(boot_pdpt[g] & ~0xfffull);
+        u64 *e = &pd[(a >> 21) & 511];
+        if (!*e)
+            *e = a | PTE_LARGE | PTE_PCD | PTE_PWT;
+        else if (!(*e & PTE_PCD))
+            return false;               /* RAM */
+        invlpg(a);
+    }
+    return true;
+}

@@ -24,6 +24,9 @@ u64 mm_heap_end(void);
 void mm_map_high(const struct boot_info *bi);
 /* Makes the 2 MiB page holding `addr` (< 4 GiB) uncached (PCD|PWT). */
 void mm_set_uncached(u64 addr);
+/* Maps [addr, addr+size) uncached and user-accessible (device BARs), below 512 GiB
+ * and outside RAM. False if that is not possible. */
+bool mm_map_mmio(u64 addr, u64 size);
 /* True if [addr, addr+size) lies inside one e820 RAM entry. */
 bool mm_is_ram(const struct boot_info *bi, u64 addr, u64 size);
 

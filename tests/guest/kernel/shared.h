@@ -36,6 +36,7 @@ struct guest_shared {
     bool s5_valid;              /* \_S5_ found (by CPU 0 at CPL3, before READY) */
     u8 s5_slp_typ_a, s5_slp_typ_b;
     u32 nmi_count[MAX_CPUS];    /* NMIs taken, per CPU */
+    u64 msi_count[VEC_MSI_COUNT]; /* MSI-X interrupts taken, per vector - VEC_MSI_BASE */
 
     /* handshake, written by CPL3 */
     u32 cpus_in_user;

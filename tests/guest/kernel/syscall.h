@@ -16,6 +16,14 @@
 #define SYS_POWEROFF    2   /* () does not return */
 #define SYS_REBOOT      3   /* () does not return */
 #define SYS_CRASH       4   /* () faults at CPL0 (ferry.crash=kernel, for testing) */
+#define SYS_PCI_CFG     5   /* (u64 op, u32 value) -> value read; PCI config mechanism #1 */
+#define SYS_MAP_MMIO    6   /* (u64 gpa, u64 size) -> 0 / -1; maps MMIO uncached, user-accessible */
+
+/* SYS_PCI_CFG op: bits 0-7 register (aligned to the width), 8-15 devfn,
+ * 16-23 bus, 32-35 width in bytes (1, 2, 4), bit 40 write. */
+#define PCI_CFG_OP(bus, devfn, reg, width, wr) \
+    ((u64)(reg) | ((u64)(devfn) << 8) | ((u64)(bus) << 16) | ((u64)(width) << 32) | \
+     ((u64)(wr) << 40))
 
 #define SYS_WRITE_MAX   4096
 

@@ -46,6 +46,11 @@ void trap_dispatch(struct trap_frame *f)
     case VEC_SYSCALL:
         f->rax = syscall_dispatch(f);
         break;
+    case VEC_MSI_BASE ... VEC_MSI_BASE + VEC_MSI_COUNT - 1:
+        /* virtio MSI-X: counted only; CPL3 polls the used rings (user/virtio.c). */
+        g_shared.msi_count[f->vector - VEC_MSI_BASE]++;
+        lapic_eoi();
+        break;
     case VEC_SPURIOUS:
         break;                          /* no EOI for the spurious vector */
     case 2:

@@ -66,3 +66,18 @@ u64 cmdline_u64(const char *cmdline, const char *key, u64 dflt)
         return dflt;
     return n;
 }
+
+bool cmdline_str(const char *cmdline, const char *key, char *buf, size_t size)
+{
+    const char *v = find(cmdline, key);
+    size_t n = 0;
+
+    if (!v)
+        return false;
+    while (v[n] && v[n] != ' ' && v[n] != '\t' && v[n] != '\n' && n + 1 < size) {
+        buf[n] = v[n];
+        n++;
+    }
+    buf[n] = 0;
+    return true;
+}

@@ -15,4 +15,8 @@ bool cmdline_is(const char *cmdline, const char *key, const char *value);
 /* Parses `key=<decimal>` (0x prefix allowed); returns dflt if absent or malformed. */
 u64 cmdline_u64(const char *cmdline, const char *key, u64 dflt);
 
+/* Copies the value of `key=value` (last occurrence) into buf (NUL-terminated,
+ * cut to size-1); returns false if the key is absent. */
+bool cmdline_str(const char *cmdline, const char *key, char *buf, size_t size);
+
 #endif

@@ -10,6 +10,7 @@
 #include "lib/x86.h"
 #include "user/stats.h"
 #include "user/ulib.h"
+#include "user/virtio.h"
 
 struct options g_opt;
 struct ucpu_stats g_ustats[MAX_CPUS];
@@ -62,7 +63,8 @@ static NORETURN void idle_run(unsigned cpu)
         stats_tick(s, &last, now);
         if (cpu == 0)
             monitor_poll(now);
-        sys_idle();
+        if (cpu != 0 || !io_active())
+            sys_idle();                 /* CPU 0 polls the virtio rings instead */
     }
 }
 
@@ -84,6 +86,7 @@ void user_main(u64 cpu)
             cpu_relax();
         if (!g_opt.quiet)
             report_cpus();
+        io_init();                      /* takes DMA memory before the working set */
         bool ws = workset_prepare();
         u64 now = unow(0);
         uprintf("FERRY-GUEST-READY uptime_ms=%llu cpus=%u mem_mib=%llu entry=%s\n",

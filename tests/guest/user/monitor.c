@@ -8,6 +8,7 @@
 #include "lib/x86.h"
 #include "user/stats.h"
 #include "user/ulib.h"
+#include "user/virtio.h"
 
 static u64 ready_ns, next_hb, hb_n, max_gap_ns, action_at;
 static int action;              /* 0 none, 1 power-off, 2 reboot */
@@ -57,6 +58,8 @@ bool monitor_poll(u64 now)
 {
     bool printed = false;
 
+    if (io_active())
+        io_poll(now);
     if (action && now >= action_at) {
         if (action == 1)
             sys_poweroff();
