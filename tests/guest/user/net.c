@@ -18,6 +18,7 @@
  *   24.. byte j = (j + 13 * seq) mod 256
  */
 #include "lib/cmdline.h"
+#include "lib/printf.h"
 #include "lib/string.h"
 #include "lib/x86.h"
 #include "user/ulib.h"
