@@ -2,7 +2,9 @@
  * ferry-vmm: one KVM virtual machine per process.
  * Usage: ferry-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--memory SIZE] [--cpus N]
  *                  [--serial stdio|pty|off|file=PATH|socket=PATH] [--control-socket PATH]
- *                  [--name NAME] [--on-reboot reset|exit]
+ *                  [--name NAME] [--on-reboot reset|exit] [--disk ...] [--net ...]
+ *                  [--rng] [--virtio-console SPEC]
+ * Signals: SIGTERM/SIGINT/SIGHUP stop the VM; SIGUSR1 presses the ACPI power button.
  * Exit status: 0 guest powered off / stopped on request, 1 error, 2 bad arguments.
  */
 #include "vm_config.h"
@@ -28,6 +30,17 @@ static gboolean on_stop_signal(gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+/* SIGUSR1 presses the power button (the guest then shuts down cleanly, if it listens). */
+static gboolean on_power_button_signal(gpointer data)
+{
+    StopSignals *s = data;
+    if (s->vm)
+        ferry_vm_press_power_button(s->vm);
+    else
+        ferry_log("SIGUSR1 before the VM was running; power button not pressed");
+    return G_SOURCE_CONTINUE;
+}
+
 static int run(FerryVmConfig *cfg, int *argc, char ***argv)
 {
     g_autoptr(GError) error = NULL;
@@ -45,6 +58,7 @@ static int run(FerryVmConfig *cfg, int *argc, char ***argv)
         g_unix_signal_add(SIGTERM, on_stop_signal, &stop),
         g_unix_signal_add(SIGINT, on_stop_signal, &stop),
         g_unix_signal_add(SIGHUP, on_stop_signal, &stop),
+        g_unix_signal_add(SIGUSR1, on_power_button_signal, &stop),
     };
     int status = FERRY_EXIT_ERROR;
     g_autoptr(FerryVm) vm = ferry_vm_new(cfg, &error);

@@ -7,9 +7,17 @@
 #include "chardev.h"
 #include "control.h"
 #include "devices/acpi_pm.h"
+#include "devices/ged.h"
 #include "devices/i8042.h"
 #include "devices/rtc.h"
 #include "devices/serial.h"
+#include "irq_routing.h"
+#include "pci/pci.h"
+#include "virtio/blk.h"
+#include "virtio/console.h"
+#include "virtio/net.h"
+#include "virtio/pci.h"
+#include "virtio/rng.h"
 #include "util/log.h"
 #include "vm_control.h"
 
@@ -197,6 +205,12 @@ void ferry_vm_resume(FerryVm *vm)
     notify_state(vm, "running", NULL);
 }
 
+void ferry_vm_press_power_button(FerryVm *vm)
+{
+    ferry_log("pressing the ACPI power button");
+    ferry_ged_press_power_button(vm->ged);
+}
+
 void ferry_vm_fatal(FerryVm *vm, const char *message)
 {
     g_mutex_lock(&vm->lock);
@@ -263,6 +277,84 @@ static gboolean create_devices(FerryVm *vm, GError **error)
     if (!pm)
         return FALSE;
     g_ptr_array_add(vm->devices, ferry_acpi_pm_device(pm));
+
+    vm->ged = ferry_ged_new(&vm->mmio, &vm->machine, error);
+    if (!vm->ged)
+        return FALSE;
+    g_ptr_array_add(vm->devices, ferry_ged_device(vm->ged));
+    return TRUE;
+}
+
+/*
+ * The 64-bit PCI window: from the first 1 GiB boundary above RAM, 32 GiB, if the guest's
+ * physical address width (CPUID 0x80000008) reaches that far; else none (64-bit BARs then
+ * go below 4 GiB).
+ */
+static void choose_mmio64_window(FerryVm *vm)
+{
+    uint64_t ram_end = FERRY_HIGH_RAM_START;
+    for (unsigned i = 0; i < vm->mem->nr_regions; i++)
+        ram_end = MAX(ram_end, vm->mem->regions[i].gpa + vm->mem->regions[i].size);
+    uint64_t base = (ram_end + FERRY_GIB - 1) & ~(FERRY_GIB - 1);
+    uint64_t size = 32 * FERRY_GIB;
+    unsigned phys_bits = 36;
+    const struct kvm_cpuid2 *c = vm->kvm->supported_cpuid;
+    for (unsigned i = 0; i < c->nent; i++)
+        if (c->entries[i].function == 0x80000008)
+            phys_bits = c->entries[i].eax & 0xff;
+    if (phys_bits > 63 || base + size > (1ULL << phys_bits))
+        base = size = 0;
+    vm->pci_mmio64_base = base;
+    vm->pci_mmio64_size = size;
+}
+
+/* Adds virtio device @vdev (owned from here) as PCI function @id. */
+static gboolean add_virtio(FerryVm *vm, FerryVirtioDev *vdev, const char *id, int slot,
+                           GError **error)
+{
+    if (!vdev)
+        return FALSE;
+    FerryVirtioPci *vp = ferry_virtio_pci_new(vdev, id, vm->pci, slot, vm->mem,
+                                              vm->kvm->vm_fd, vm->irq_routing, error);
+    if (!vp)
+        return FALSE;
+    g_ptr_array_add(vm->devices, ferry_virtio_pci_device(vp));
+    return TRUE;
+}
+
+/* The PCI host bridge and the devices on it, in command-line order. */
+static gboolean create_pci_devices(FerryVm *vm, GError **error)
+{
+    const FerryVmConfig *cfg = vm->cfg;
+    int max_routes = ferry_kvm_check_extension(vm->kvm, KVM_CAP_IRQ_ROUTING);
+    vm->irq_routing = ferry_irq_routing_new(vm->kvm->vm_fd, max_routes > 0 ? max_routes : 1024,
+                                            error);
+    if (!vm->irq_routing)
+        return FALSE;
+    choose_mmio64_window(vm);
+    vm->pci = ferry_pci_host_new(&vm->pio, &vm->mmio, FERRY_PCI_MMIO32_BASE,
+                                 FERRY_PCI_MMIO32_SIZE, vm->pci_mmio64_base,
+                                 vm->pci_mmio64_size, error);
+    if (!vm->pci)
+        return FALSE;
+    for (guint i = 0; i < cfg->disks->len; i++) {
+        const FerryDiskSpec *d = &g_array_index(cfg->disks, FerryDiskSpec, i);
+        g_autofree char *id = g_strdup_printf("disk%u", i);
+        if (!add_virtio(vm, ferry_virtio_blk_new(d, error), id, d->slot, error))
+            return FALSE;
+    }
+    for (guint i = 0; i < cfg->nets->len; i++) {
+        const FerryNetSpec *n = &g_array_index(cfg->nets, FerryNetSpec, i);
+        g_autofree char *id = g_strdup_printf("net%u", i);
+        if (!add_virtio(vm, ferry_virtio_net_new(n, i, error), id, n->slot, error))
+            return FALSE;
+    }
+    if (cfg->rng && !add_virtio(vm, ferry_virtio_rng_new(error), "rng0", cfg->rng_slot, error))
+        return FALSE;
+    if (cfg->has_virtio_console &&
+        !add_virtio(vm, ferry_virtio_console_new(&cfg->virtio_console, error), "vcon0",
+                    FERRY_PCI_SLOT_AUTO, error))
+        return FALSE;
     return TRUE;
 }
 
@@ -270,7 +362,15 @@ static gboolean create_devices(FerryVm *vm, GError **error)
 static gboolean load_guest(FerryVm *vm, GError **error)
 {
     if (!ferry_x86_write_boot_tables(vm->mem, error) ||
-        !ferry_acpi_install(vm->mem, vm->nr_vcpus, &vm->rsdp_gpa, error))
+        !ferry_acpi_install(vm->mem,
+                            &(FerryAcpiConfig){
+                                .nr_vcpus = vm->nr_vcpus,
+                                .pci_mmio32_base = FERRY_PCI_MMIO32_BASE,
+                                .pci_mmio32_size = FERRY_PCI_MMIO32_SIZE,
+                                .pci_mmio64_base = vm->pci_mmio64_base,
+                                .pci_mmio64_size = vm->pci_mmio64_size,
+                            },
+                            &vm->rsdp_gpa, error))
         return FALSE;
     FerryBootConfig boot = {
         .kernel_path = vm->cfg->kernel,
@@ -313,8 +413,8 @@ FerryVm *ferry_vm_new(const FerryVmConfig *cfg, GError **error)
     if (!ferry_kvm_create_vm(vm->kvm, FERRY_KVM_TSS, FERRY_KVM_IDENTITY_MAP, error) ||
         !ferry_guest_memory_register(vm->mem, vm->kvm->vm_fd, error))
         return NULL;
-    /* 4. devices on the buses */
-    if (!create_devices(vm, error))
+    /* 4. devices on the buses, then PCI with its devices (their I/O threads start) */
+    if (!create_devices(vm, error) || !create_pci_devices(vm, error))
         return NULL;
     /* 5. vCPUs */
     vm->vcpus = g_new0(FerryVcpu *, cfg->cpus);
@@ -336,6 +436,7 @@ static gboolean reset_machine(FerryVm *vm, GError **error)
 {
     for (guint i = 0; i < vm->devices->len; i++)
         ferry_device_reset(g_ptr_array_index(vm->devices, i));
+    ferry_pci_host_reset(vm->pci);
     ferry_guest_memory_discard(vm->mem);
     if (!restore_irqchip_state(vm, error))
         return FALSE;
@@ -450,7 +551,9 @@ void ferry_vm_free(FerryVm *vm)
     }
     if (vm->control)
         ferry_control_free(vm->control);
-    g_ptr_array_unref(vm->devices);
+    g_ptr_array_unref(vm->devices); /* virtio devices stop their I/O threads here */
+    ferry_pci_host_free(vm->pci);
+    ferry_irq_routing_free(vm->irq_routing);
     if (vm->console)
         ferry_chardev_free(vm->console);
     ferry_bus_clear(&vm->pio);

@@ -36,6 +36,10 @@ struct FerryVm {
     FerryVcpu **vcpus;
     unsigned nr_vcpus;
     uint64_t rsdp_gpa;
+    struct FerryIrqRouting *irq_routing; /* GSI routes and MSI irqfds */
+    struct FerryPciHost *pci;            /* bus 0 and the BAR windows */
+    uint64_t pci_mmio64_base, pci_mmio64_size; /* bytes; size 0 = no 64-bit window */
+    struct FerryGed *ged;                /* power button (borrowed from devices) */
 
     GMainLoop *loop;
     int exit_status;
@@ -79,6 +83,9 @@ void ferry_vm_request_reset(FerryVm *vm);
  */
 void ferry_vm_pause(FerryVm *vm);
 void ferry_vm_resume(FerryVm *vm);
+
+/* Presses the ACPI power button (any thread, also a signal source on the main loop). */
+void ferry_vm_press_power_button(FerryVm *vm);
 
 /* "running", "paused" or "shutdown" (main thread). */
 const char *ferry_vm_status(const FerryVm *vm);

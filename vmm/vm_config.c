@@ -1,6 +1,7 @@
 #include "vm_config.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,11 @@ void ferry_vm_config_init(FerryVmConfig *cfg)
     cfg->cpus = 1;
     cfg->serial.kind = FERRY_CHARDEV_STDIO;
     cfg->on_reboot = FERRY_ON_REBOOT_RESET;
+    cfg->disks = g_array_new(FALSE, TRUE, sizeof(FerryDiskSpec));
+    g_array_set_clear_func(cfg->disks, (GDestroyNotify) ferry_disk_spec_clear);
+    cfg->nets = g_array_new(FALSE, TRUE, sizeof(FerryNetSpec));
+    g_array_set_clear_func(cfg->nets, (GDestroyNotify) ferry_net_spec_clear);
+    cfg->rng_slot = FERRY_PCI_SLOT_AUTO;
 }
 
 void ferry_vm_config_clear(FerryVmConfig *cfg)
@@ -24,6 +30,11 @@ void ferry_vm_config_clear(FerryVmConfig *cfg)
     g_free(cfg->cmdline);
     g_free(cfg->control_socket);
     ferry_chardev_spec_clear(&cfg->serial);
+    ferry_chardev_spec_clear(&cfg->virtio_console);
+    if (cfg->disks)
+        g_array_unref(cfg->disks);
+    if (cfg->nets)
+        g_array_unref(cfg->nets);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -93,6 +104,210 @@ gboolean ferry_parse_cpus(const char *text, unsigned *cpus, GError **error)
     return TRUE;
 }
 
+/* ---- --disk / --net --------------------------------------------------------------- */
+
+static gboolean bad_value(GError **error, const char *option, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+
+static gboolean bad_value(GError **error, const char *option, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "%s: %s", option, msg);
+    return FALSE;
+}
+
+/* Splits "k=v,k=v" into pairs; a bare word is a key with value NULL. */
+static char **split_pairs(const char *text)
+{
+    return g_strsplit(text, ",", -1);
+}
+
+static gboolean parse_on_off(const char *option, const char *key, const char *value,
+                             gboolean *out, GError **error)
+{
+    if (value && (g_str_equal(value, "on") || g_str_equal(value, "yes") ||
+                  g_str_equal(value, "true") || g_str_equal(value, "1"))) {
+        *out = TRUE;
+        return TRUE;
+    }
+    if (value && (g_str_equal(value, "off") || g_str_equal(value, "no") ||
+                  g_str_equal(value, "false") || g_str_equal(value, "0"))) {
+        *out = FALSE;
+        return TRUE;
+    }
+    return bad_value(error, option, "%s takes on or off, not '%s'", key, value ? value : "");
+}
+
+static gboolean parse_slot(const char *option, const char *value, int *slot, GError **error)
+{
+    guint64 n;
+    if (!value || !g_ascii_string_to_unsigned(value, 0, 1, FERRY_PCI_MAX_SLOT, &n, NULL))
+        return bad_value(error, option, "slot takes a PCI slot number from 1 to %d, not '%s'",
+                         FERRY_PCI_MAX_SLOT, value ? value : "");
+    *slot = (int) n;
+    return TRUE;
+}
+
+void ferry_disk_spec_clear(FerryDiskSpec *spec)
+{
+    g_free(spec->path);
+    g_free(spec->serial);
+    memset(spec, 0, sizeof(*spec));
+}
+
+gboolean ferry_disk_spec_parse(const char *text, FerryDiskSpec *spec, GError **error)
+{
+    const char *opt = "--disk";
+    g_auto(GStrv) pairs = split_pairs(text);
+    FerryDiskSpec s = {.slot = FERRY_PCI_SLOT_AUTO};
+    for (char **p = pairs; *p; p++) {
+        char *eq = strchr(*p, '=');
+        const char *value = eq ? eq + 1 : NULL;
+        if (eq)
+            *eq = '\0';
+        const char *key = *p;
+        if (g_str_equal(key, "path") && value && *value) {
+            g_free(s.path);
+            s.path = g_strdup(value);
+        } else if (g_str_equal(key, "readonly")) {
+            if (!parse_on_off(opt, key, value, &s.readonly, error))
+                goto fail;
+        } else if (g_str_equal(key, "serial") && value) {
+            if (strlen(value) > FERRY_DISK_SERIAL_MAX) {
+                bad_value(error, opt, "serial '%s' is longer than %d bytes", value,
+                          FERRY_DISK_SERIAL_MAX);
+                goto fail;
+            }
+            g_free(s.serial);
+            s.serial = g_strdup(value);
+        } else if (g_str_equal(key, "slot")) {
+            if (!parse_slot(opt, value, &s.slot, error))
+                goto fail;
+        } else {
+            bad_value(error, opt,
+                      "unknown or empty key '%s' in '%s'; use path=FILE[,readonly=on]"
+                      "[,serial=S][,slot=N]",
+                      key, text);
+            goto fail;
+        }
+    }
+    if (!s.path) {
+        bad_value(error, opt, "'%s' has no path=FILE", text);
+        goto fail;
+    }
+    *spec = s;
+    return TRUE;
+fail:
+    ferry_disk_spec_clear(&s);
+    return FALSE;
+}
+
+gboolean ferry_parse_mac(const char *text, uint8_t mac[6], GError **error)
+{
+    unsigned b[6];
+    char tail;
+    if (strlen(text) != 17 ||
+        sscanf(text, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
+               &tail) != 6) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "'%s' is not a MAC address like 52:54:00:12:34:56", text);
+        return FALSE;
+    }
+    for (int i = 0; i < 17; i++) {
+        if (i % 3 == 2 ? text[i] != ':' : !g_ascii_isxdigit(text[i])) {
+            g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                        "'%s' is not a MAC address like 52:54:00:12:34:56", text);
+            return FALSE;
+        }
+    }
+    if (b[0] & 1) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "'%s' is a multicast MAC address; a NIC needs a unicast one", text);
+        return FALSE;
+    }
+    for (int i = 0; i < 6; i++)
+        mac[i] = (uint8_t) b[i];
+    return TRUE;
+}
+
+void ferry_net_spec_clear(FerryNetSpec *spec)
+{
+    g_free(spec->tap);
+    memset(spec, 0, sizeof(*spec));
+    spec->fd = -1;
+}
+
+gboolean ferry_net_spec_parse(const char *text, FerryNetSpec *spec, GError **error)
+{
+    const char *opt = "--net";
+    g_auto(GStrv) pairs = split_pairs(text);
+    FerryNetSpec s = {.fd = -1, .slot = FERRY_PCI_SLOT_AUTO};
+    for (char **p = pairs; *p; p++) {
+        char *eq = strchr(*p, '=');
+        const char *value = eq ? eq + 1 : NULL;
+        if (eq)
+            *eq = '\0';
+        const char *key = *p;
+        guint64 n;
+        if (g_str_equal(key, "tap") && value && *value) {
+            /* IFNAMSIZ is 16 including the terminating NUL */
+            if (strlen(value) > 15 || strchr(value, '/') || g_str_equal(value, ".") ||
+                g_str_equal(value, "..")) {
+                bad_value(error, opt, "'%s' is not a valid interface name (at most 15 "
+                          "characters, no '/')", value);
+                goto fail;
+            }
+            g_free(s.tap);
+            s.tap = g_strdup(value);
+        } else if (g_str_equal(key, "fd") && value) {
+            if (!g_ascii_string_to_unsigned(value, 10, 0, G_MAXINT, &n, NULL)) {
+                bad_value(error, opt, "fd takes a file descriptor number, not '%s'", value);
+                goto fail;
+            }
+            s.fd = (int) n;
+        } else if (g_str_equal(key, "mac") && value) {
+            g_autoptr(GError) e = NULL;
+            if (!ferry_parse_mac(value, s.mac, &e)) {
+                bad_value(error, opt, "%s", e->message);
+                goto fail;
+            }
+            s.has_mac = TRUE;
+        } else if (g_str_equal(key, "mtu") && value) {
+            if (!g_ascii_string_to_unsigned(value, 10, 68, 65535, &n, NULL)) {
+                bad_value(error, opt, "mtu takes a number of bytes from 68 to 65535, not '%s'",
+                          value);
+                goto fail;
+            }
+            s.mtu = (unsigned) n;
+        } else if (g_str_equal(key, "slot")) {
+            if (!parse_slot(opt, value, &s.slot, error))
+                goto fail;
+        } else {
+            bad_value(error, opt,
+                      "unknown or empty key '%s' in '%s'; use tap=NAME|fd=N[,mac=MAC]"
+                      "[,mtu=N][,slot=N]",
+                      key, text);
+            goto fail;
+        }
+    }
+    if (!s.tap && s.fd < 0) {
+        bad_value(error, opt, "'%s' names no TAP device: give tap=NAME or fd=N", text);
+        goto fail;
+    }
+    if (s.tap && s.fd >= 0) {
+        bad_value(error, opt, "'%s' gives both tap= and fd=; use one", text);
+        goto fail;
+    }
+    *spec = s;
+    return TRUE;
+fail:
+    ferry_net_spec_clear(&s);
+    return FALSE;
+}
+
 /* GOptionArgFunc callbacks: the group's user data is the FerryVmConfig. */
 static gboolean opt_memory(const char *name, const char *value, gpointer data, GError **error)
 {
@@ -146,6 +361,49 @@ static gboolean opt_on_reboot(const char *name, const char *value, gpointer data
     return TRUE;
 }
 
+static gboolean opt_disk(const char *name, const char *value, gpointer data, GError **error)
+{
+    FerryVmConfig *cfg = data;
+    FerryDiskSpec spec;
+    if (!ferry_disk_spec_parse(value, &spec, error))
+        return FALSE;
+    g_array_append_val(cfg->disks, spec);
+    return TRUE;
+}
+
+static gboolean opt_net(const char *name, const char *value, gpointer data, GError **error)
+{
+    FerryVmConfig *cfg = data;
+    FerryNetSpec spec;
+    if (!ferry_net_spec_parse(value, &spec, error))
+        return FALSE;
+    g_array_append_val(cfg->nets, spec);
+    return TRUE;
+}
+
+static gboolean opt_rng(const char *name, const char *value, gpointer data, GError **error)
+{
+    FerryVmConfig *cfg = data;
+    cfg->rng = TRUE;
+    if (value && !parse_slot("--rng", g_str_has_prefix(value, "slot=") ? value + 5 : value,
+                             &cfg->rng_slot, error))
+        return FALSE;
+    return TRUE;
+}
+
+static gboolean opt_virtio_console(const char *name, const char *value, gpointer data,
+                                   GError **error)
+{
+    FerryVmConfig *cfg = data;
+    FerryChardevSpec spec;
+    if (!ferry_chardev_parse(value, &spec, error))
+        return FALSE;
+    ferry_chardev_spec_clear(&cfg->virtio_console);
+    cfg->virtio_console = spec;
+    cfg->has_virtio_console = TRUE;
+    return TRUE;
+}
+
 /* String options are stored straight into the config (GLib frees the old value on repeat). */
 static gboolean opt_string(const char *name, const char *value, gpointer data, GError **error)
 {
@@ -184,6 +442,16 @@ gboolean ferry_vm_config_parse_args(FerryVmConfig *cfg, int *argc, char ***argv,
         {"cpus", 0, 0, G_OPTION_ARG_CALLBACK, opt_cpus, "Number of vCPUs (default 1)", "N"},
         {"serial", 0, 0, G_OPTION_ARG_CALLBACK, opt_serial,
          "Serial console: stdio, pty, off, file=PATH or socket=PATH (default stdio)", "SPEC"},
+        {"disk", 0, 0, G_OPTION_ARG_CALLBACK, opt_disk,
+         "A virtio-blk disk on a raw image (repeatable)",
+         "path=FILE[,readonly=on][,serial=S][,slot=N]"},
+        {"net", 0, 0, G_OPTION_ARG_CALLBACK, opt_net,
+         "A virtio-net NIC on a TAP device, created if missing (repeatable)",
+         "tap=NAME|fd=N[,mac=MAC][,mtu=N][,slot=N]"},
+        {"rng", 0, G_OPTION_FLAG_OPTIONAL_ARG, G_OPTION_ARG_CALLBACK, opt_rng,
+         "A virtio-rng device fed by getrandom()", "[slot=N]"},
+        {"virtio-console", 0, 0, G_OPTION_ARG_CALLBACK, opt_virtio_console,
+         "A virtio-console port (hvc0): stdio, pty, off, file=PATH or socket=PATH", "SPEC"},
         {"control-socket", 0, 0, G_OPTION_ARG_CALLBACK, opt_string,
          "Unix socket for the JSON-RPC control API", "PATH"},
         {"name", 0, 0, G_OPTION_ARG_CALLBACK, opt_string, "VM name used in messages", "NAME"},

@@ -17,6 +17,28 @@ typedef enum {
     FERRY_ON_REBOOT_EXIT,  /* a guest reboot ends ferry-vmm with status 0 */
 } FerryOnReboot;
 
+#define FERRY_PCI_SLOT_AUTO (-1)
+#define FERRY_PCI_MAX_SLOT  31 /* slot 0 is the host bridge */
+#define FERRY_DISK_SERIAL_MAX 20 /* bytes: virtio-blk GET_ID (virtio 1.2 section 5.2.6) */
+
+/* --disk path=FILE[,readonly=on][,serial=S][,slot=N] */
+typedef struct {
+    char *path;        /* raw image, owned */
+    gboolean readonly;
+    char *serial;      /* at most FERRY_DISK_SERIAL_MAX bytes, or NULL; owned */
+    int slot;          /* PCI slot 1..31, or FERRY_PCI_SLOT_AUTO */
+} FerryDiskSpec;
+
+/* --net tap=NAME|fd=N[,mac=MAC][,mtu=N][,slot=N] */
+typedef struct {
+    char *tap;         /* TAP interface name (created if missing), or NULL with fd; owned */
+    int fd;            /* an open TAP file descriptor handed over, or -1 */
+    gboolean has_mac;
+    uint8_t mac[6];
+    unsigned mtu;      /* bytes, 68..65535; 0 = the TAP device's (1500 by default) */
+    int slot;
+} FerryNetSpec;
+
 typedef struct {
     char *name;           /* VM name for messages, owned; default "ferry" */
     char *kernel;         /* path, owned */
@@ -27,6 +49,12 @@ typedef struct {
     FerryChardevSpec serial;
     char *control_socket; /* path or NULL, owned */
     FerryOnReboot on_reboot;
+    GArray *disks;        /* FerryDiskSpec, in command-line order */
+    GArray *nets;         /* FerryNetSpec, in command-line order */
+    gboolean rng;         /* --rng: a virtio-rng device */
+    int rng_slot;
+    gboolean has_virtio_console; /* --virtio-console SPEC */
+    FerryChardevSpec virtio_console;
 } FerryVmConfig;
 
 void ferry_vm_config_init(FerryVmConfig *cfg);
@@ -39,6 +67,18 @@ void ferry_vm_config_clear(FerryVmConfig *cfg);
  * that quotes the text.
  */
 gboolean ferry_parse_size(const char *text, uint64_t *bytes, GError **error);
+
+/*
+ * Parse the values of --disk and --net (comma-separated key=value lists; see the structs).
+ * Errors are G_OPTION_ERROR_BAD_VALUE naming the option, the key and what is accepted.
+ * On success the spec's strings are owned by the caller (free with the *_clear function).
+ */
+gboolean ferry_disk_spec_parse(const char *text, FerryDiskSpec *spec, GError **error);
+void ferry_disk_spec_clear(FerryDiskSpec *spec);
+gboolean ferry_net_spec_parse(const char *text, FerryNetSpec *spec, GError **error);
+void ferry_net_spec_clear(FerryNetSpec *spec);
+/* Parses "52:54:00:12:34:56" (unicast required). */
+gboolean ferry_parse_mac(const char *text, uint8_t mac[6], GError **error);
 
 /* Parses a positive vCPU count (1 .. 4096). */
 gboolean ferry_parse_cpus(const char *text, unsigned *cpus, GError **error);

@@ -18,6 +18,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ferrytest  # noqa: E402
 
 
+def pytest_configure(config):
+    # meson runs files with slow tests twice: suite 'system' with -m 'not slow',
+    # suite 'slow' with -m slow (tests/system/meson.build).
+    config.addinivalue_line('markers', 'slow: long case, run in the slow suite only')
+
+
 # Text that means a sanitizer (-Dsanitize=true builds) found a bug.
 SANITIZER_MARKS = ('AddressSanitizer', 'LeakSanitizer',
                    'UndefinedBehaviorSanitizer', 'runtime error:')

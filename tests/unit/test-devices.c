@@ -376,7 +376,12 @@ static size_t find_table(GByteArray *blob, uint64_t base, const char *sig)
 static void test_acpi_tables(void)
 {
     const uint64_t base = FERRY_ACPI_START;
-    g_autoptr(GByteArray) b = ferry_acpi_build_tables(base, 4);
+    const FerryAcpiConfig cfg = {
+        .nr_vcpus = 4,
+        .pci_mmio32_base = FERRY_PCI_MMIO32_BASE,
+        .pci_mmio32_size = FERRY_PCI_MMIO32_SIZE,
+    };
+    g_autoptr(GByteArray) b = ferry_acpi_build_tables(base, &cfg);
     g_assert_cmpmem(b->data, 8, "RSD PTR ", 8);
     g_assert_cmpuint(ferry_acpi_checksum(b->data, 20), ==, 0);
     g_assert_cmpuint(ferry_acpi_checksum(b->data, 36), ==, 0);
@@ -416,7 +421,14 @@ static void test_acpi_tables(void)
     g_assert_cmpuint(ioapics, ==, 1);
 
     /* Many vCPUs: x2APIC entries beyond 254, still fits below 1 MiB. */
-    g_autoptr(GByteArray) big = ferry_acpi_build_tables(base, 300);
+    const FerryAcpiConfig big_cfg = {
+        .nr_vcpus = 300,
+        .pci_mmio32_base = FERRY_PCI_MMIO32_BASE,
+        .pci_mmio32_size = FERRY_PCI_MMIO32_SIZE,
+        .pci_mmio64_base = 1ULL << 40,
+        .pci_mmio64_size = 1ULL << 38,
+    };
+    g_autoptr(GByteArray) big = ferry_acpi_build_tables(base, &big_cfg);
     g_assert_cmpuint(big->len, <, FERRY_ACPI_END - FERRY_ACPI_START);
 }
 

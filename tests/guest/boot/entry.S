@@ -59,6 +59,7 @@ isr_\vec:
     ISR_NOERR 31
     ISR_NOERR 32        /* VEC_TIMER */
     ISR_NOERR 36        /* VEC_SERIAL */
+    ISR_NOERR 37        /* VEC_GED */
     .irp v, 48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79
     ISR_NOERR \v       /* VEC_MSI_BASE.. */
     .endr
@@ -101,10 +102,12 @@ isr_common:
     addq    $16, %rsp
     iretq
 
-/* Stub addresses for idt.c: exceptions 0-31, then timer, serial, syscall, spurious. */
+/* Stub addresses for idt.c: exceptions 0-31, MSI-X, then timer, serial, GED, syscall,
+ * spurious. */
     .section .rodata
     .balign 8
-    .globl isr_exc_table, isr_timer, isr_serial, isr_syscall, isr_spurious, isr_msi_table
+    .globl isr_exc_table, isr_timer, isr_serial, isr_ged, isr_syscall, isr_spurious
+    .globl isr_msi_table
 isr_exc_table:
     .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad   isr_\v
@@ -115,6 +118,7 @@ isr_msi_table:
     .endr
 isr_timer:      .quad isr_32
 isr_serial:     .quad isr_36
+isr_ged:        .quad isr_37
 isr_syscall:    .quad isr_128
 isr_spurious:   .quad isr_255
 

@@ -213,6 +213,134 @@ bool acpi_s5(const struct acpi_info *ai, u8 *a, u8 *b)
     return false;
 }
 
+/*
+ * GED discovery (see acpi.h). The AML pieces matched (ACPI 6.4 20.2): StringPrefix
+ * (0x0D) "ACPI0013" NUL; NameOp (0x08) "_CRS" BufferOp (0x11) PkgLength BufferSize
+ * (Byte/Word/DWord const) then the resource bytes. Descriptors (6.4.1): small items
+ * are tag bits 6:3 type, 2:0 length; large items (bit 7) have a 16-bit length after
+ * the tag. The walk stops at the End Tag (small type 0xF) or the buffer's end.
+ */
+#define GED_SCOPE_MAX   1024            /* bytes after the _HID searched for its _CRS */
+
+static bool aml_int(const u8 **p, const u8 *end, u32 *v)
+{
+    const u8 *q = *p;
+    u32 n;
+
+    if (q >= end)
+        return false;
+    switch (*q++) {
+    case 0x00: *v = 0; n = 0; break;
+    case 0x01: *v = 1; n = 0; break;
+    case 0x0a: n = 1; break;
+    case 0x0b: n = 2; break;
+    case 0x0c: n = 4; break;
+    default: return false;
+    }
+    if (q + n > end)
+        return false;
+    if (n) {
+        *v = 0;
+        for (u32 i = 0; i < n; i++)
+            *v |= (u32)q[i] << (8 * i);
+    }
+    *p = q + n;
+    return true;
+}
+
+static bool ged_resources(struct acpi_info *ai, const u8 *p, const u8 *end)
+{
+    bool have_irq = false, have_mem = false;
+    u64 base = 0;
+
+    while (p < end) {
+        u32 type, len, hdr;
+        if (p[0] & 0x80) {
+            if (p + 3 > end)
+                break;
+            type = p[0];
+            len = p[1] | (u32)p[2] << 8;
+            hdr = 3;
+        } else {
+            type = (p[0] >> 3) & 0x0f;
+            len = p[0] & 7;
+            hdr = 1;
+            if (type == 0x0f)           /* End Tag */
+                break;
+        }
+        if (p + hdr + len > end)
+            break;
+        if (type == 0x89 && len >= 6 && p[4] >= 1 && !have_irq) {
+            /* flags: bit 1 edge (else level), bit 2 active-low; count; GSI */
+            ai->ged_level = !(p[3] & 2);
+            ai->ged_active_low = (p[3] & 4) != 0;
+            ai->ged_gsi = *(const u32 *)(p + 5);
+            have_irq = true;
+        } else if (type == 0x86 && len >= 9 && !have_mem) {
+            base = *(const u32 *)(p + 4);
+            have_mem = base != 0;
+        }
+        p += hdr + len;
+    }
+    if (!have_irq || !have_mem)
+        return false;
+    ai->ged_base = base;
+    return true;
+}
+
+/* Looks for Name (_CRS, Buffer) in [p, end), stopping at the next _HID. */
+static bool ged_crs(struct acpi_info *ai, const u8 *p, const u8 *end)
+{
+    for (; p + 7 < end; p++) {
+        if (p[0] != 0x08 || p[1] != '_')
+            continue;
+        if (p[2] == 'H' && p[3] == 'I' && p[4] == 'D')
+            return false;               /* the next device's: ours has no _CRS */
+        if (p[2] != 'C' || p[3] != 'R' || p[4] != 'S' || p[5] != 0x11)
+            continue;
+        const u8 *q = p + 6;
+        u32 extra = *q >> 6;            /* PkgLength: bits 7:6 = following bytes */
+        u32 pkg = extra ? (*q & 0x0f) : (*q & 0x3f);
+        for (u32 i = 1; i <= extra; i++) {
+            if (q + i >= end)
+                return false;
+            pkg |= (u32)q[i] << (4 + 8 * (i - 1));
+        }
+        const u8 *buf_end = q + pkg;    /* PkgLength counts from its own first byte */
+        if (buf_end > end)
+            buf_end = end;
+        q += 1 + extra;
+        u32 size;
+        if (!aml_int(&q, buf_end, &size))
+            return false;
+        if (q + size < buf_end)
+            buf_end = q + size;
+        return ged_resources(ai, q, buf_end);
+    }
+    return false;
+}
+
+bool acpi_find_ged(struct acpi_info *ai)
+{
+    if (!ai->dsdt)
+        return false;
+    const struct acpi_header *h = (const void *)ai->dsdt;
+    const u8 *p = (const u8 *)h + sizeof(*h);
+    const u8 *end = (const u8 *)h + h->length;
+
+    for (; p + 10 <= end; p++) {
+        /* "ACPI" as one compare: this runs at CPL0, where every instruction counts. */
+        if (*(const u32 *)(p + 1) != 0x49504341u || p[0] != 0x0d ||
+            memcmp(p + 5, "0013", 5) != 0)
+            continue;
+        const u8 *stop = end - p > GED_SCOPE_MAX ? p + GED_SCOPE_MAX : end;
+        if (ged_crs(ai, p + 10, stop))
+            return true;
+    }
+    ai->ged_base = 0;
+    return false;
+}
+
 static u32 gas_width(const struct acpi_gas *g)
 {
     if (g->access_size >= 1 && g->access_size <= 4)

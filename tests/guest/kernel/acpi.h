@@ -61,12 +61,24 @@ struct acpi_info {
     struct acpi_gas reset_reg;
     u8 reset_value;
     struct acpi_gas sleep_control;
+
+    /* Generic Event Device (acpi_find_ged); ged_base 0: none found */
+    u64 ged_base;                       /* event register block (Memory32Fixed) */
+    u32 ged_gsi;                        /* its interrupt (Extended Interrupt) */
+    bool ged_level, ged_active_low;
 };
 
 /* Finds and parses the tables; `rsdp_hint` from the loader may be 0. */
 void acpi_init(u64 rsdp_hint, struct acpi_info *ai);
 /* SLP_TYPa/b of \_S5_ from the DSDT (ACPI 6.4 7.4.2, 4.8.3.7); false if none. */
 bool acpi_s5(const struct acpi_info *ai, u8 *slp_typ_a, u8 *slp_typ_b);
+/*
+ * Finds the Generic Event Device (ACPI 6.4 5.6.9, _HID "ACPI0013") in the DSDT and fills
+ * ai->ged_*. A byte-pattern scan, not an AML interpreter: the string "ACPI0013", then the
+ * next Name (_CRS, Buffer) before another _HID, whose resource descriptors (6.4) must hold
+ * an Extended Interrupt (0x89) and a Memory32Fixed (0x86) below 4 GiB. False if not found.
+ */
+bool acpi_find_ged(struct acpi_info *ai);
 /* Writes `value` to a GAS register (system memory or system I/O). */
 void acpi_gas_write(const struct acpi_gas *g, u64 value);
 /* Reads a GAS register; 0 for unsupported spaces. */

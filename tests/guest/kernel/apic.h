@@ -33,5 +33,9 @@ void pic_mask(void);
 /* Routes ISA `irq` (after MADT overrides) through the IOAPIC to `vector` on
  * `dest_apic`; returns the GSI used, or -1 if no IOAPIC covers it. */
 int ioapic_route_isa(const struct acpi_info *ai, u8 irq, u8 vector, u32 dest_apic);
+/* Routes `gsi` to `vector` on `dest_apic` with the given trigger mode and polarity;
+ * returns the GSI, or -1 if no IOAPIC covers it. */
+int ioapic_route_gsi(const struct acpi_info *ai, u32 gsi, u8 vector, u32 dest_apic, bool level,
+                     bool active_low);
 
 #endif

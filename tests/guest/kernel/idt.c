@@ -19,7 +19,7 @@ struct idt_entry {
 
 extern const u64 isr_exc_table[32];
 extern const u64 isr_msi_table[VEC_MSI_COUNT];
-extern const u64 isr_timer, isr_serial, isr_syscall, isr_spurious;
+extern const u64 isr_timer, isr_serial, isr_ged, isr_syscall, isr_spurious;
 
 static struct idt_entry idt[256] ALIGNED(16);
 
@@ -41,6 +41,7 @@ void idt_init(void)
         set_gate(v, isr_exc_table[v], 0, (v == 2 || v == 8 || v == 18) ? 1 : 0);
     set_gate(VEC_TIMER, isr_timer, 0, 0);
     set_gate(VEC_SERIAL, isr_serial, 0, 0);
+    set_gate(VEC_GED, isr_ged, 0, 0);
     for (u32 v = 0; v < VEC_MSI_COUNT; v++)
         set_gate(VEC_MSI_BASE + v, isr_msi_table[v], 0, 0);
     set_gate(VEC_SYSCALL, isr_syscall, 3, 0);

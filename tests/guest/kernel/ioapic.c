@@ -4,7 +4,8 @@
  * IOREGSEL at base+0x00, IOWIN at base+0x10; entry n is registers 0x10+2n (low:
  * vector, polarity bit 13, trigger bit 15, mask bit 16) and 0x11+2n (high:
  * destination APIC ID in bits 63:56). ISA IRQs map to GSI = IRQ unless the MADT
- * has an interrupt source override; ISA default is edge, active high.
+ * has an interrupt source override; ISA default is edge, active high. Other GSIs
+ * (the GED's) come with their trigger mode and polarity from the DSDT.
  */
 #include "kernel/apic.h"
 #include "kernel/mm.h"
@@ -39,6 +40,13 @@ int ioapic_route_isa(const struct acpi_info *ai, u8 irq, u8 vector, u32 dest_api
             flags = ai->iso[i].flags;
         }
     }
+    return ioapic_route_gsi(ai, gsi, vector, dest_apic, ((flags >> 2) & 3) == 3,
+                            (flags & 3) == 3);
+}
+
+int ioapic_route_gsi(const struct acpi_info *ai, u32 gsi, u8 vector, u32 dest_apic, bool level,
+                     bool active_low)
+{
 
     /* The IOAPIC with the highest GSI base not above the GSI; only that one is
      * touched (MMIO exits can be slow, especially to user-space IOAPICs). */
@@ -57,10 +65,10 @@ int ioapic_route_isa(const struct acpi_info *ai, u8 irq, u8 vector, u32 dest_api
 
     u32 pin = gsi - io->gsi_base;
     u32 lo = vector;
-    if ((flags & 3) == 3)
-        lo |= 1u << 13;                 /* active low */
-    if (((flags >> 2) & 3) == 3)
-        lo |= 1u << 15;                 /* level triggered */
+    if (active_low)
+        lo |= 1u << 13;
+    if (level)
+        lo |= 1u << 15;
     io_write(io->addr, 0x11 + 2 * pin, dest_apic << 24);
     io_write(io->addr, 0x10 + 2 * pin, lo);
     return (int)gsi;

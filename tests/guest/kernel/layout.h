@@ -27,6 +27,7 @@
 /* Interrupt vectors. */
 #define VEC_TIMER           0x20    /* local APIC timer */
 #define VEC_SERIAL          0x24    /* COM1, ISA IRQ 4 through the IOAPIC */
+#define VEC_GED             0x25    /* ACPI Generic Event Device (power button) */
 #define VEC_MSI_BASE        0x30    /* MSI-X vectors of the virtio devices (user/pci.c) */
 #define VEC_MSI_COUNT       32      /* 0x30-0x4f */
 #define VEC_SYSCALL         0x80    /* int $0x80 from CPL3 */

@@ -12,6 +12,7 @@
 #include "kernel/kclock.h"
 #include "kernel/mm.h"
 #include "kernel/percpu.h"
+#include "kernel/power.h"
 #include "kernel/serial.h"
 #include "kernel/shared.h"
 #include "kernel/smp.h"
@@ -80,6 +81,7 @@ void kmain(u64 entry, u64 info)
     g_shared.serial_gsi = ioapic_route_isa(&g_shared.acpi, COM1_IRQ, VEC_SERIAL, bsp->apic_id);
     if (g_shared.serial_gsi >= 0)
         serial_enable_rx_irq();
+    power_button_init(bsp->apic_id);
 
     lapic_timer_start(g_shared.timer_count);
     smp_boot();

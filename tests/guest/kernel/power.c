@@ -11,8 +11,11 @@
  * RESET_REG (offset 116) when flag RESET_REG_SUP (bit 10) is set.
  */
 #include "kernel/acpi.h"
+#include "kernel/apic.h"
 #include "kernel/console.h"
 #include "kernel/kclock.h"
+#include "kernel/layout.h"
+#include "kernel/mm.h"
 #include "kernel/power.h"
 #include "kernel/shared.h"
 #include "lib/cmdline.h"
@@ -62,6 +65,43 @@ void power_off(void)
     }
     kprintf("FERRY-POWEROFF-FAILED\n");
     halt_forever();
+}
+
+/*
+ * Power button (ACPI 6.4 4.8.2.2.1.2 "Control Method Power Button", 5.6.9 "Interrupt-
+ * signaled ACPI events"): the GED's interrupt says an event is pending; the VMM's event
+ * register (Ferry: vmm/devices/ged.h) is read-to-clear with bit 0 = power button. What
+ * the DSDT's _EVT method would do (Notify the PNP0C0C device), this guest does directly.
+ */
+#define GED_EVENT_POWER_BUTTON  1u
+
+void power_button_init(u32 dest_apic)
+{
+    struct acpi_info *ai = &g_shared.acpi;
+
+    if (!acpi_find_ged(ai) || ai->ged_base >= (1ull << 32))
+        return;
+    mm_set_uncached(ai->ged_base);
+    int gsi = ioapic_route_gsi(ai, ai->ged_gsi, VEC_GED, dest_apic, ai->ged_level,
+                               ai->ged_active_low);
+    kdebug("ferry-guest: ged at 0x%llx gsi %u %s %s%s\n", ai->ged_base, ai->ged_gsi,
+           ai->ged_level ? "level" : "edge", ai->ged_active_low ? "active-low" : "active-high",
+           gsi < 0 ? ", no IOAPIC pin" : "");
+}
+
+void power_button_irq(void)
+{
+    static bool pressed;
+    u32 events = mmio_read32(g_shared.acpi.ged_base);   /* clears them; the line drops */
+
+    lapic_eoi();
+    kdebug("ferry-guest: ged events 0x%x\n", events);
+    /* Once: power_off() waits with interrupts on, and a second press must not nest. */
+    if ((events & GED_EVENT_POWER_BUTTON) && !pressed) {
+        pressed = true;
+        kprintf("FERRY-GUEST-POWERBUTTON\n");
+        power_off();
+    }
 }
 
 /* ferry.reset=acpi|kbd|triple restricts the reset to one method (debugging). */

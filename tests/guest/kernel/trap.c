@@ -9,6 +9,7 @@
 #include "kernel/console.h"
 #include "kernel/layout.h"
 #include "kernel/percpu.h"
+#include "kernel/power.h"
 #include "kernel/serial.h"
 #include "kernel/shared.h"
 #include "kernel/trap.h"
@@ -42,6 +43,9 @@ void trap_dispatch(struct trap_frame *f)
     case VEC_SERIAL:
         serial_irq();
         lapic_eoi();
+        break;
+    case VEC_GED:
+        power_button_irq();             /* EOIs itself; powers off on a press */
         break;
     case VEC_SYSCALL:
         f->rax = syscall_dispatch(f);

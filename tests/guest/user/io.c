@@ -11,15 +11,18 @@
 
 void blk_start(u64 now);
 void net_start(u64 now);
+void rng_start(u64 now);
+void vcon_start(u64 now);
 
-static bool have_blk, have_net;
+static bool have_blk, have_net, have_rng, have_vcon;
 
 void io_init(void)
 {
     const char *c = g_shared.boot.cmdline;
     bool want_blk = cmdline_has(c, "ferry.blk"), want_net = cmdline_has(c, "ferry.net.ip");
+    bool want_rng = cmdline_has(c, "ferry.rng"), want_vcon = cmdline_has(c, "ferry.vcon");
 
-    if (!want_blk && !want_net && !cmdline_has(c, "ferry.pci"))
+    if (!want_blk && !want_net && !want_rng && !want_vcon && !cmdline_has(c, "ferry.pci"))
         return;
     pci_scan();
 
@@ -30,16 +33,24 @@ void io_init(void)
             have_blk = blk_init(d);
         else if (d->type == VIRTIO_ID_NET && want_net && !have_net)
             have_net = net_init(d);
+        else if (d->type == VIRTIO_ID_RNG && want_rng && !have_rng)
+            have_rng = rng_init(d);
+        else if (d->type == VIRTIO_ID_CONSOLE && want_vcon && !have_vcon)
+            have_vcon = vcon_init(d);
     }
     if (want_blk && !have_blk)
         uprintf("ferry-guest: no usable virtio-blk device %llu (%llu found)\n", blk_index, nblk);
     if (want_net && !have_net)
         uprintf("ferry-guest: no usable virtio-net device\n");
+    if (want_rng && !have_rng)
+        uprintf("FERRY-RNG-ERROR no device\n");
+    if (want_vcon && !have_vcon)
+        uprintf("FERRY-VCON-ERROR no device\n");
 }
 
 bool io_active(void)
 {
-    return have_blk || have_net;
+    return have_blk || have_net || have_rng || have_vcon;
 }
 
 static bool started;
@@ -52,9 +63,17 @@ void io_poll(u64 now)
             blk_start(now);
         if (have_net)
             net_start(now);
+        if (have_rng)
+            rng_start(now);
+        if (have_vcon)
+            vcon_start(now);
     }
     if (have_blk)
         blk_poll(now);
     if (have_net)
         net_poll(now);
+    if (have_rng)
+        rng_poll(now);
+    if (have_vcon)
+        vcon_poll(now);
 }

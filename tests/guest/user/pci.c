@@ -188,12 +188,16 @@ static void probe(u8 bus, u8 devfn, u16 vendor, u16 device, u8 hdr_type)
         bool modern = d->common && d->notify_base && d->isr;
         what = type == VIRTIO_ID_BLK ? (modern ? "virtio-blk" : "virtio-blk (no modern caps)") :
                type == VIRTIO_ID_NET ? (modern ? "virtio-net" : "virtio-net (no modern caps)") :
+               type == VIRTIO_ID_RNG ? (modern ? "virtio-rng" : "virtio-rng (no modern caps)") :
+               type == VIRTIO_ID_CONSOLE ? (modern ? "virtio-console" :
+                                            "virtio-console (no modern caps)") :
                "virtio (other type)";
         if (!g_opt.quiet)
             uprintf("ferry-guest: pci 00:%02x.%u %04x:%04x %s, msix %u, common 0x%llx "
                     "notify 0x%llx mult %u\n", devfn >> 3, devfn & 7, vendor, device, what,
                     d->msix_size, (u64)d->common, d->notify_base, d->notify_mult);
-        if (d != &tmp && modern && (type == VIRTIO_ID_BLK || type == VIRTIO_ID_NET))
+        if (d != &tmp && modern && (type == VIRTIO_ID_BLK || type == VIRTIO_ID_NET ||
+                                    type == VIRTIO_ID_RNG || type == VIRTIO_ID_CONSOLE))
             g_nvdevs++;
         return;
     }

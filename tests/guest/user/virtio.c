@@ -89,6 +89,11 @@ static u16 msix_alloc(struct vdev *d, u32 entry)
 
 bool virtio_negotiate(struct vdev *d, u64 wanted)
 {
+    /* Memory space on before the BARs are touched: a VMM without firmware may leave
+     * it off (PCI 3.0 6.2.2); bus master, INTx disable. */
+    u16 cmd = (u16)pci_cfg_read(d->bus, d->devfn, 0x04, 2);
+    pci_cfg_write(d->bus, d->devfn, 0x04, 2, cmd | 0x0406);    /* mem, bus master, INTx dis */
+
     /* 3.1.1 Driver Requirements: Device Initialization. 1: reset and wait for 0
      * (4.1.4.3.2). */
     w8(d, CC_STATUS, 0);
@@ -123,9 +128,7 @@ bool virtio_negotiate(struct vdev *d, u64 wanted)
         return false;
     }
 
-    /* MSI-X on (function masked while the table is written), INTx off. */
-    u16 cmd = (u16)pci_cfg_read(d->bus, d->devfn, 0x04, 2);
-    pci_cfg_write(d->bus, d->devfn, 0x04, 2, cmd | 0x0406);    /* mem, bus master, INTx dis */
+    /* MSI-X on (function masked while the table is written). */
     if (d->msix_cap && d->msix_table) {
         u16 mc = (u16)pci_cfg_read(d->bus, d->devfn, d->msix_cap + 2, 2);
         pci_cfg_write(d->bus, d->devfn, d->msix_cap + 2, 2, mc | 0xc000);

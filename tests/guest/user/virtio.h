@@ -81,6 +81,8 @@ struct virtq {
 
 #define VIRTIO_ID_NET   1
 #define VIRTIO_ID_BLK   2
+#define VIRTIO_ID_CONSOLE 3
+#define VIRTIO_ID_RNG   4
 
 #define VIRTIO_MAX_QUEUES 4
 
@@ -148,5 +150,13 @@ bool blk_active(void);
 bool net_init(struct vdev *d);
 void net_poll(u64 now);
 bool net_active(void);
+
+/* rng.c / vcon.c */
+bool rng_init(struct vdev *d);
+void rng_poll(u64 now);
+bool rng_active(void);
+bool vcon_init(struct vdev *d);
+void vcon_poll(u64 now);
+bool vcon_active(void);
 
 #endif

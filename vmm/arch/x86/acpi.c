@@ -1,7 +1,9 @@
 #include "arch/x86/acpi.h"
 
+#include "arch/x86/aml.h"
 #include "arch/x86/layout.h"
 #include "devices/acpi_pm.h"
+#include "devices/ged.h"
 
 #include <gio/gio.h>
 #include <string.h>
@@ -11,11 +13,17 @@
 #define CREATOR_ID   "FRRY"
 
 #define FADT_LEN 276
+#define FADT_FLAG_PWR_BUTTON      (1u << 4) /* power button is a control-method device */
+#define FADT_FLAG_SLP_BUTTON      (1u << 5) /* no fixed-feature sleep button */
 #define FADT_FLAG_RESET_REG_SUP   (1u << 10)
 #define FADT_FLAG_HW_REDUCED_ACPI (1u << 20)
 #define FADT_BOOT_ARCH_8042       (1u << 1)
 #define FADT_BOOT_ARCH_NO_VGA     (1u << 2)
 #define GAS_SYSTEM_IO 1
+
+/* PCI configuration mechanism #1 (PCI Local Bus 3.0, 3.2.2.3.2): 0xcf8 address, 0xcfc data. */
+#define FERRY_PCI_CONFIG_PORT 0xcf8
+#define FERRY_PCI_CONFIG_LEN  8
 #define GAS_ACCESS_BYTE 1
 
 #define MADT_PCAT_COMPAT 1
@@ -94,18 +102,116 @@ static void gas_io_byte(GByteArray *b, size_t off, uint16_t port)
     put64(b, off + 4, port);
 }
 
-static size_t build_dsdt(GByteArray *b)
+/* Device (PCI0): the PCI root bridge (ACPI 6.4 6.1.5 _HID, 6.1.2 _CID, 6.5.6 _SEG,
+ * 6.5.5 _BBN, 6.2.2 _CRS; PCI Firmware Specification 3.3 4.1.1). */
+static void dsdt_pci0(GByteArray *a, const FerryAcpiConfig *cfg)
 {
-    /* Name (_S5_, Package (4) { 5, 5, 0, 0 }): NameOp, NameSeg, PackageOp, PkgLength,
-     * NumElements, BytePrefix 5, BytePrefix 5, ZeroOp, ZeroOp (ACPI 6.4, 20.2.5). */
-    static const uint8_t aml[] = {
-        0x08, '_', 'S', '5', '_', 0x12, 0x08, 0x04, 0x0a, FERRY_ACPI_SLP_TYP_S5,
-        0x0a, FERRY_ACPI_SLP_TYP_S5, 0x00, 0x00,
-    };
-    uint32_t len = 36 + sizeof(aml);
+    size_t dev = ferry_aml_device_begin(a, "PCI0");
+    ferry_aml_name(a, "_HID");
+    ferry_aml_eisaid(a, "PNP0A08"); /* PCI Express root bridge */
+    ferry_aml_name(a, "_CID");
+    ferry_aml_eisaid(a, "PNP0A03"); /* PCI root bridge */
+    ferry_aml_name(a, "_SEG");
+    ferry_aml_integer(a, 0);
+    ferry_aml_name(a, "_BBN");
+    ferry_aml_integer(a, 0);
+    ferry_aml_name(a, "_UID");
+    ferry_aml_integer(a, 0);
+
+    g_autoptr(GByteArray) r = g_byte_array_new();
+    ferry_aml_res_word_bus(r, 0, 0);
+    ferry_aml_res_io(r, FERRY_PCI_CONFIG_PORT, FERRY_PCI_CONFIG_LEN);
+    ferry_aml_res_word_io(r, 0x0000, FERRY_PCI_CONFIG_PORT - 1);
+    ferry_aml_res_word_io(r, 0x0d00, 0xffff);
+    ferry_aml_res_dword_memory(r, (uint32_t) cfg->pci_mmio32_base,
+                               (uint32_t) (cfg->pci_mmio32_base + cfg->pci_mmio32_size - 1));
+    if (cfg->pci_mmio64_size)
+        ferry_aml_res_qword_memory(r, cfg->pci_mmio64_base,
+                                   cfg->pci_mmio64_base + cfg->pci_mmio64_size - 1);
+    ferry_aml_name(a, "_CRS");
+    ferry_aml_resource_template(a, r);
+    /* No _PRT: Ferry's PCI devices interrupt with MSI-X only. */
+    ferry_aml_end(a, dev);
+}
+
+/* Device (PWRB): the control-method power button (4.8.2.2.1.2); Notify 0x80 presses it. */
+static void dsdt_pwrb(GByteArray *a)
+{
+    size_t dev = ferry_aml_device_begin(a, "PWRB");
+    ferry_aml_name(a, "_HID");
+    ferry_aml_eisaid(a, "PNP0C0C");
+    ferry_aml_name(a, "_UID");
+    ferry_aml_integer(a, 0);
+    ferry_aml_end(a, dev);
+}
+
+/*
+ * Device (GED_): the Generic Event Device (5.6.9) of devices/ged.h.  Its interrupt and
+ * register block are in _CRS; _EVT (5.6.9.3) reads the read-to-clear event register once:
+ *
+ *   OperationRegion (EREG, SystemMemory, FERRY_GED_BASE, FERRY_GED_SIZE)
+ *   Field (EREG, DWordAcc, NoLock, Preserve) { EVTS, 32 }
+ *   Method (_EVT, 1) { Store (EVTS, Local0)
+ *                      If (And (Local0, 1)) { Notify (\_SB.PWRB, 0x80) } }
+ */
+static void dsdt_ged(GByteArray *a)
+{
+    size_t dev = ferry_aml_device_begin(a, "GED");
+    ferry_aml_name(a, "_HID");
+    ferry_aml_string(a, "ACPI0013");
+    ferry_aml_name(a, "_UID");
+    ferry_aml_integer(a, 0);
+
+    g_autoptr(GByteArray) r = g_byte_array_new();
+    ferry_aml_res_interrupt(r, FERRY_GED_GSI, FALSE, FALSE); /* level, active-high */
+    ferry_aml_res_memory32_fixed(r, (uint32_t) FERRY_GED_BASE, FERRY_GED_SIZE);
+    ferry_aml_name(a, "_CRS");
+    ferry_aml_resource_template(a, r);
+
+    ferry_aml_operation_region(a, "EREG", FERRY_AML_SYSTEM_MEMORY, FERRY_GED_BASE,
+                               FERRY_GED_SIZE);
+    size_t field = ferry_aml_field_begin(a, "EREG", FERRY_AML_FIELD_DWORD_ACC);
+    ferry_aml_field_unit(a, "EVTS", 32);
+    ferry_aml_end(a, field);
+
+    size_t method = ferry_aml_method_begin(a, "_EVT", 1);
+    ferry_aml_store(a);
+    ferry_aml_name_string(a, "EVTS");
+    g_byte_array_append(a, (const guint8[]){FERRY_AML_LOCAL0}, 1);
+    size_t cond = ferry_aml_if_begin(a);
+    ferry_aml_and(a);
+    g_byte_array_append(a, (const guint8[]){FERRY_AML_LOCAL0}, 1);
+    ferry_aml_integer(a, FERRY_GED_EVENT_POWER_BUTTON);
+    g_byte_array_append(a, (const guint8[]){FERRY_AML_NULL_NAME}, 1);
+    ferry_aml_notify(a, "\\_SB.PWRB", 0x80);
+    ferry_aml_end(a, cond);
+    ferry_aml_end(a, method);
+    ferry_aml_end(a, dev);
+}
+
+static size_t build_dsdt(GByteArray *b, const FerryAcpiConfig *cfg)
+{
+    g_autoptr(GByteArray) a = g_byte_array_new();
+
+    /* Name (_S5, Package (4) { 5, 5, 0, 0 }): SLP_TYPa/b for soft-off (7.4.2). */
+    ferry_aml_name(a, "_S5");
+    size_t pkg = ferry_aml_package_begin(a, 4);
+    ferry_aml_integer(a, FERRY_ACPI_SLP_TYP_S5);
+    ferry_aml_integer(a, FERRY_ACPI_SLP_TYP_S5);
+    ferry_aml_integer(a, 0);
+    ferry_aml_integer(a, 0);
+    ferry_aml_end(a, pkg);
+
+    size_t sb = ferry_aml_scope_begin(a, "\\_SB");
+    dsdt_pci0(a, cfg);
+    dsdt_pwrb(a);
+    dsdt_ged(a);
+    ferry_aml_end(a, sb);
+
+    uint32_t len = 36 + a->len;
     size_t off = reserve(b, len);
     header(b, off, "DSDT", len, 2);
-    memcpy(b->data + off + 36, aml, sizeof(aml));
+    memcpy(b->data + off + 36, a->data, a->len);
     finish(b, off, len);
     return off;
 }
@@ -117,7 +223,8 @@ static size_t build_fadt(GByteArray *b, uint64_t dsdt_gpa)
     put32(b, off + 40, (uint32_t) dsdt_gpa);          /* DSDT */
     put8(b, off + 108, 0x32);                         /* CENTURY: CMOS register */
     put16(b, off + 109, FADT_BOOT_ARCH_8042 | FADT_BOOT_ARCH_NO_VGA); /* IAPC_BOOT_ARCH */
-    put32(b, off + 112, FADT_FLAG_HW_REDUCED_ACPI | FADT_FLAG_RESET_REG_SUP);
+    put32(b, off + 112, FADT_FLAG_HW_REDUCED_ACPI | FADT_FLAG_RESET_REG_SUP |
+                            FADT_FLAG_PWR_BUTTON | FADT_FLAG_SLP_BUTTON); /* Flags */
     gas_io_byte(b, off + 116, FERRY_ACPI_RESET);      /* RESET_REG */
     put8(b, off + 128, FERRY_ACPI_RESET_VALUE);       /* RESET_VALUE */
     put8(b, off + 131, 4);                            /* FADT minor version (6.4) */
@@ -172,13 +279,13 @@ static size_t build_madt(GByteArray *b, unsigned nr_vcpus)
     return off;
 }
 
-GByteArray *ferry_acpi_build_tables(uint64_t base, unsigned nr_vcpus)
+GByteArray *ferry_acpi_build_tables(uint64_t base, const FerryAcpiConfig *cfg)
 {
     GByteArray *b = g_byte_array_new();
     size_t rsdp = reserve(b, 36);
-    size_t dsdt = build_dsdt(b);
+    size_t dsdt = build_dsdt(b, cfg);
     size_t fadt = build_fadt(b, base + dsdt);
-    size_t madt = build_madt(b, nr_vcpus);
+    size_t madt = build_madt(b, cfg->nr_vcpus);
 
     const uint32_t xsdt_len = 36 + 2 * 8;
     size_t xsdt = reserve(b, xsdt_len);
@@ -198,13 +305,37 @@ GByteArray *ferry_acpi_build_tables(uint64_t base, unsigned nr_vcpus)
     return b;
 }
 
-gboolean ferry_acpi_install(FerryGuestMemory *mem, unsigned nr_vcpus, uint64_t *rsdp_gpa,
-                            GError **error)
+/* The windows must fit their descriptors: 32-bit below 4 GiB, 64-bit without wrapping. */
+static gboolean check_config(const FerryAcpiConfig *cfg, GError **error)
 {
-    g_autoptr(GByteArray) tables = ferry_acpi_build_tables(FERRY_ACPI_START, nr_vcpus);
+    if (!cfg->pci_mmio32_size || cfg->pci_mmio32_base > G_MAXUINT32 ||
+        cfg->pci_mmio32_size > (uint64_t) G_MAXUINT32 + 1 - cfg->pci_mmio32_base) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "PCI 32-bit MMIO window 0x%" G_GINT64_MODIFIER "x+0x%" G_GINT64_MODIFIER
+                    "x must be non-empty and end at or below 4 GiB",
+                    cfg->pci_mmio32_base, cfg->pci_mmio32_size);
+        return FALSE;
+    }
+    if (cfg->pci_mmio64_size && cfg->pci_mmio64_base + cfg->pci_mmio64_size - 1 <
+                                    cfg->pci_mmio64_base) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "PCI 64-bit MMIO window 0x%" G_GINT64_MODIFIER "x+0x%" G_GINT64_MODIFIER
+                    "x wraps around the address space",
+                    cfg->pci_mmio64_base, cfg->pci_mmio64_size);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean ferry_acpi_install(FerryGuestMemory *mem, const FerryAcpiConfig *cfg,
+                            uint64_t *rsdp_gpa, GError **error)
+{
+    if (!check_config(cfg, error))
+        return FALSE;
+    g_autoptr(GByteArray) tables = ferry_acpi_build_tables(FERRY_ACPI_START, cfg);
     if (tables->len > FERRY_ACPI_END - FERRY_ACPI_START) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE,
-                    "ACPI tables for %u vCPUs (%u bytes) do not fit below 1 MiB", nr_vcpus,
+                    "ACPI tables for %u vCPUs (%u bytes) do not fit below 1 MiB", cfg->nr_vcpus,
                     tables->len);
         return FALSE;
     }

@@ -1,0 +1,40 @@
+/*
+ * virtio-blk: a block device backed by a raw disk image (virtio 1.2 section 5.2 "Block
+ * Device").
+ *
+ * One request queue of up to 256 entries.  Requests are carried out off the vCPU threads,
+ * with io_uring on the device's I/O thread: reads and writes go straight between the image
+ * and the guest's buffers, many at a time.  With VIRTIO_BLK_F_FLUSH negotiated the device
+ * is writeback and FLUSH makes completed writes durable (fdatasync); without it every
+ * write is durable before it completes (RWF_DSYNC), per section 5.2.6.2.  See
+ * docs/devices.md, "virtio-blk".
+ */
+#pragma once
+
+#include "virtio/virtio.h"
+#include "vm_config.h"
+
+#include <glib.h>
+
+#define FERRY_VIRTIO_BLK_QUEUE_SIZE 256 /* entries of the request queue */
+
+/*
+ * Opens the raw image @spec->path (read-only with @spec->readonly, else read-write), takes
+ * an open-file-description lock on it (shared for read-only, exclusive for read-write, so
+ * two VMs never write one image) and sets up the io_uring.  @spec is only read here.
+ *
+ * Returns the device, ready for ferry_virtio_pci_new() (which takes ownership; it is
+ * freed with its ops->free).  Errors are G_IO_ERROR with a message naming the image and
+ * what to do:
+ *   G_IO_ERROR_NOT_FOUND           the image does not exist
+ *   G_IO_ERROR_NOT_REGULAR_FILE    neither a regular file nor a block device
+ *   G_IO_ERROR_PERMISSION_DENIED   no permission to open it as asked
+ *   G_IO_ERROR_READ_ONLY           a read-only file or file system without readonly=on
+ *   G_IO_ERROR_INVALID_DATA        its size is 0 or not a multiple of 512 bytes
+ *   G_IO_ERROR_BUSY                another process (VM) holds a conflicting lock
+ *   G_IO_ERROR_FAILED and others   any other system error (io_uring unavailable, ...)
+ */
+FerryVirtioDev *ferry_virtio_blk_new(const FerryDiskSpec *spec, GError **error);
+
+/* Capacity of the disk in 512-byte sectors (the configuration field, section 5.2.4). */
+uint64_t ferry_virtio_blk_capacity(FerryVirtioDev *dev);
