@@ -144,7 +144,7 @@ static gboolean parse_on_off(const char *option, const char *key, const char *va
 static gboolean parse_slot(const char *option, const char *value, int *slot, GError **error)
 {
     guint64 n;
-    if (!value || !g_ascii_string_to_unsigned(value, 0, 1, FERRY_PCI_MAX_SLOT, &n, NULL))
+    if (!value || !g_ascii_string_to_unsigned(value, 10, 1, FERRY_PCI_MAX_SLOT, &n, NULL))
         return bad_value(error, option, "slot takes a PCI slot number from 1 to %d, not '%s'",
                          FERRY_PCI_MAX_SLOT, value ? value : "");
     *slot = (int) n;

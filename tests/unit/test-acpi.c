@@ -12,7 +12,7 @@
 #define assert_bytes(arr, ...)                                                                     \
     do {                                                                                           \
         const uint8_t expect_[] = {__VA_ARGS__};                                                   \
-        g_assert_cmpmem((arr)->data, (arr)->len, expect_, sizeof(expect_));                       \
+        g_assert_cmpmem((arr)->data, (arr)->len, expect_, sizeof(expect_));                        \
     } while (0)
 
 /* ---- AML encoder ---- */
@@ -27,9 +27,9 @@ static void test_pkg_length(void)
     } cases[] = {
         {0, {0x01}, 1},
         {62, {0x3f}, 1},
-        {63, {0x41, 0x04}, 2},           /* 65 = 0x041 */
-        {0xffd, {0x4f, 0xff}, 2},        /* 0xfff */
-        {0xffe, {0x81, 0x00, 0x01}, 3},  /* 0x1001 */
+        {63, {0x41, 0x04}, 2},            /* 65 = 0x041 */
+        {0xffd, {0x4f, 0xff}, 2},         /* 0xfff */
+        {0xffe, {0x81, 0x00, 0x01}, 3},   /* 0x1001 */
         {0xffffc, {0x8f, 0xff, 0xff}, 3}, /* 0xfffff */
         {0xffffd, {0xc1, 0x00, 0x00, 0x01}, 4},
     };
@@ -123,8 +123,8 @@ static void test_data_objects(void)
 
 static void test_named_objects(void)
 {
-    /* Device (DEV0) { Method (_EVT, 1) { If (And (Arg0, 2, Zero)) { Notify (\_SB.PWRB, 0x80) } } }
-     */
+    /* Device (DEV0) {
+     *     Method (_EVT, 1) { If (And (Arg0, 2, Zero)) { Notify (\_SB.PWRB, 0x80) } } } */
     g_autoptr(GByteArray) b = g_byte_array_new();
     size_t dev = ferry_aml_device_begin(b, "DEV0");
     size_t m = ferry_aml_method_begin(b, "_EVT", 1);
@@ -138,10 +138,10 @@ static void test_named_objects(void)
     ferry_aml_end(b, m);
     ferry_aml_end(b, dev);
     /* Each PkgLength counts its own byte: If 18 + 1, Method 25 + 1, Device 31 + 1. */
-    assert_bytes(b, 0x5b, 0x82, 0x20, 'D', 'E', 'V', '0',   /* Device, PkgLength 32 */
-                 0x14, 0x1a, '_', 'E', 'V', 'T', 0x01,      /* Method, 26, 1 arg */
-                 0xa0, 0x13,                                /* If, 19 */
-                 0x7b, 0x68, 0x0a, 0x02, 0x00,              /* And (Arg0, 2, NullName) */
+    assert_bytes(b, 0x5b, 0x82, 0x20, 'D', 'E', 'V', '0', /* Device, PkgLength 32 */
+                 0x14, 0x1a, '_', 'E', 'V', 'T', 0x01,    /* Method, 26, 1 arg */
+                 0xa0, 0x13,                              /* If, 19 */
+                 0x7b, 0x68, 0x0a, 0x02, 0x00,            /* And (Arg0, 2, NullName) */
                  0x86, '\\', 0x2e, '_', 'S', 'B', '_', 'P', 'W', 'R', 'B', 0x0a, 0x80);
 
     /* OperationRegion and Field with a 32-bit unit and a 100-bit unit (two-byte length). */
@@ -225,8 +225,8 @@ static void test_resources(void)
     g_autoptr(GByteArray) b = g_byte_array_new();
     ferry_aml_resource_template(b, d);
     g_assert_cmphex(b->data[0], ==, 0x11);
-    g_assert_cmpuint(b->data[1], ==, b->len - 1);       /* one-byte PkgLength */
-    g_assert_cmphex(b->data[2], ==, 0x0a);              /* BufferSize: ByteConst */
+    g_assert_cmpuint(b->data[1], ==, b->len - 1); /* one-byte PkgLength */
+    g_assert_cmphex(b->data[2], ==, 0x0a);        /* BufferSize: ByteConst */
     g_assert_cmpuint(b->data[3], ==, d->len + 2);
     const uint8_t *res = b->data + 4;
     g_assert_cmpmem(res, d->len, d->data, d->len);
@@ -285,18 +285,20 @@ static void test_dsdt_devices(void)
     g_assert_nonnull(find(dsdt, (const uint8_t[]){0x0c, 0x41, 0xd0, 0x0a, 0x08}, 5)); /* PNP0A08 */
     g_assert_nonnull(find(dsdt, (const uint8_t[]){0x0c, 0x41, 0xd0, 0x0a, 0x03}, 5)); /* PNP0A03 */
     g_assert_nonnull(find(dsdt, (const uint8_t[]){0x0c, 0x41, 0xd0, 0x0c, 0x0c}, 5)); /* PNP0C0C */
-    g_assert_nonnull(find(dsdt, "\x0d" "ACPI0013", 10));
+    g_assert_nonnull(find(dsdt, "\rACPI0013", 10)); /* StringPrefix (0x0d) "ACPI0013" NUL */
     g_assert_nonnull(find(dsdt, "_EVT", 4));
     g_assert_nonnull(find(dsdt, "_S5_", 4));
 
     /* GED _CRS: the interrupt on FERRY_GED_GSI, level, active-high, and the register block. */
-    g_assert_nonnull(find(dsdt, (const uint8_t[]){0x89, 0x06, 0x00, 0x01, 0x01, FERRY_GED_GSI, 0, 0, 0},
-                          9));
-    g_assert_nonnull(find(dsdt, (const uint8_t[]){0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0xb0, 0xfe,
-                                                   FERRY_GED_SIZE, 0, 0, 0},
-                          12));
+    g_assert_nonnull(
+        find(dsdt, (const uint8_t[]){0x89, 0x06, 0x00, 0x01, 0x01, FERRY_GED_GSI, 0, 0, 0}, 9));
+    g_assert_nonnull(find(
+        dsdt,
+        (const uint8_t[]){0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0xb0, 0xfe, FERRY_GED_SIZE, 0, 0, 0},
+        12));
     /* PCI0 _CRS: config ports, both memory windows. */
-    g_assert_nonnull(find(dsdt, (const uint8_t[]){0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08}, 8));
+    g_assert_nonnull(
+        find(dsdt, (const uint8_t[]){0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08}, 8));
     g_assert_nonnull(find(dsdt, (const uint8_t[]){0x87, 0x17, 0x00}, 3));
     g_assert_nonnull(find(dsdt, (const uint8_t[]){0x8a, 0x2b, 0x00}, 3));
 
@@ -351,8 +353,8 @@ static void run_iasl(const char *dir, const char *const *argv)
     g_autoptr(GError) error = NULL;
     g_autofree char *out = NULL, *err = NULL;
     int status;
-    g_assert_true(g_spawn_sync(dir, (char **) argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &out,
-                               &err, &status, &error));
+    g_assert_true(g_spawn_sync(dir, (char **) argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &out, &err,
+                               &status, &error));
     g_assert_no_error(error);
     if (!g_spawn_check_wait_status(status, NULL))
         g_error("%s %s failed:\n%s\n%s", argv[0], argv[1], out, err);

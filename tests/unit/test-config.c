@@ -122,6 +122,75 @@ static void test_args_bad(void)
     }
 }
 
+static void test_devices_good(void)
+{
+    FerryVmConfig cfg;
+    const char *args[] = {"--kernel", "/k", "--disk", "path=/a.img,serial=S1",
+                          "--disk", "path=/b.img,readonly=on,slot=9", "--net",
+                          "tap=ft0,mac=52:54:00:aa:bb:0c,mtu=9000", "--net", "fd=7,slot=4",
+                          "--rng", "--virtio-console", "pty", NULL};
+    GError *error = parse(&cfg, args);
+    g_assert_no_error(error);
+    g_assert_cmpuint(cfg.disks->len, ==, 2);
+    FerryDiskSpec *d0 = &g_array_index(cfg.disks, FerryDiskSpec, 0);
+    FerryDiskSpec *d1 = &g_array_index(cfg.disks, FerryDiskSpec, 1);
+    g_assert_cmpstr(d0->path, ==, "/a.img");
+    g_assert_cmpstr(d0->serial, ==, "S1");
+    g_assert_false(d0->readonly);
+    g_assert_cmpint(d0->slot, ==, FERRY_PCI_SLOT_AUTO);
+    g_assert_true(d1->readonly);
+    g_assert_cmpint(d1->slot, ==, 9);
+    g_assert_cmpuint(cfg.nets->len, ==, 2);
+    FerryNetSpec *n0 = &g_array_index(cfg.nets, FerryNetSpec, 0);
+    FerryNetSpec *n1 = &g_array_index(cfg.nets, FerryNetSpec, 1);
+    g_assert_cmpstr(n0->tap, ==, "ft0");
+    g_assert_cmpint(n0->fd, ==, -1);
+    g_assert_true(n0->has_mac);
+    g_assert_cmphex(n0->mac[5], ==, 0x0c);
+    g_assert_cmpuint(n0->mtu, ==, 9000);
+    g_assert_null(n1->tap);
+    g_assert_cmpint(n1->fd, ==, 7);
+    g_assert_cmpint(n1->slot, ==, 4);
+    g_assert_true(cfg.rng);
+    g_assert_true(cfg.has_virtio_console);
+    g_assert_cmpint(cfg.virtio_console.kind, ==, FERRY_CHARDEV_PTY);
+    ferry_vm_config_clear(&cfg);
+}
+
+static void test_devices_bad(void)
+{
+    static const struct {
+        const char *args[4];
+        const char *message;
+    } cases[] = {
+        {{"--disk", "readonly=on", NULL}, "has no path=FILE"},
+        {{"--disk", "path=/a,cache=none", NULL}, "unknown or empty key 'cache'"},
+        {{"--disk", "path=/a,readonly=maybe", NULL}, "readonly takes on or off"},
+        {{"--disk", "path=/a,serial=123456789012345678901", NULL}, "longer than 20"},
+        {{"--disk", "path=/a,slot=32", NULL}, "slot takes a PCI slot number"},
+        {{"--disk", "path=", NULL}, "unknown or empty key 'path'"},
+        {{"--net", "mac=52:54:00:00:00:01", NULL}, "names no TAP device"},
+        {{"--net", "tap=a,fd=3", NULL}, "both tap= and fd="},
+        {{"--net", "tap=ft0,mac=01:00:00:00:00:01", NULL}, "multicast"},
+        {{"--net", "tap=ft0,mac=52:54:00:zz:00:01", NULL}, "not a MAC address"},
+        {{"--net", "tap=ft0,mtu=10", NULL}, "mtu takes"},
+        {{"--net", "tap=0123456789abcdef", NULL}, "not a valid interface name"},
+        {{"--net", "tap=a/b", NULL}, "not a valid interface name"},
+        {{"--rng=slot=0", NULL}, "slot takes"},
+    };
+    for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
+        const char *args[8] = {"--kernel", "/k"};
+        for (int j = 0; cases[i].args[j]; j++)
+            args[2 + j] = cases[i].args[j];
+        FerryVmConfig cfg;
+        g_autoptr(GError) error = parse(&cfg, args);
+        g_assert_nonnull(error);
+        if (!strstr(error->message, cases[i].message))
+            g_error("case %zu: '%s' lacks '%s'", i, error->message, cases[i].message);
+        ferry_vm_config_clear(&cfg);
+    }
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -129,5 +198,7 @@ int main(int argc, char **argv)
     g_test_add_func("/config/cpus", test_cpus);
     g_test_add_func("/config/args-good", test_args_good);
     g_test_add_func("/config/args-bad", test_args_bad);
+    g_test_add_func("/config/devices-good", test_devices_good);
+    g_test_add_func("/config/devices-bad", test_devices_bad);
     return g_test_run();
 }

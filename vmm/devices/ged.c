@@ -8,7 +8,7 @@
 struct FerryGed {
     FerryDevice dev;
     FerryMachine *machine;
-    GMutex lock;   /* protects the fields below */
+    GMutex lock;     /* protects the fields below */
     uint32_t events; /* pending FERRY_GED_EVENT_* bits */
     int irq_level;   /* last level driven on FERRY_GED_GSI; -1 forces the next update */
 };
@@ -116,8 +116,7 @@ FerryGed *ferry_ged_new(FerryBus *mmio, FerryMachine *machine, GError **error)
     g_mutex_init(&ged->lock);
     ged->machine = machine;
     ged->irq_level = 0; /* the line starts low, as every line at power-on */
-    if (!ferry_bus_register(mmio, FERRY_GED_BASE, FERRY_GED_SIZE, ged_access, ged, "ged",
-                            error)) {
+    if (!ferry_bus_register(mmio, FERRY_GED_BASE, FERRY_GED_SIZE, ged_access, ged, "ged", error)) {
         ferry_device_free(&ged->dev);
         return NULL;
     }

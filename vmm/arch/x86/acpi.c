@@ -168,8 +168,7 @@ static void dsdt_ged(GByteArray *a)
     ferry_aml_name(a, "_CRS");
     ferry_aml_resource_template(a, r);
 
-    ferry_aml_operation_region(a, "EREG", FERRY_AML_SYSTEM_MEMORY, FERRY_GED_BASE,
-                               FERRY_GED_SIZE);
+    ferry_aml_operation_region(a, "EREG", FERRY_AML_SYSTEM_MEMORY, FERRY_GED_BASE, FERRY_GED_SIZE);
     size_t field = ferry_aml_field_begin(a, "EREG", FERRY_AML_FIELD_DWORD_ACC);
     ferry_aml_field_unit(a, "EVTS", 32);
     ferry_aml_end(a, field);
@@ -223,8 +222,9 @@ static size_t build_fadt(GByteArray *b, uint64_t dsdt_gpa)
     put32(b, off + 40, (uint32_t) dsdt_gpa);          /* DSDT */
     put8(b, off + 108, 0x32);                         /* CENTURY: CMOS register */
     put16(b, off + 109, FADT_BOOT_ARCH_8042 | FADT_BOOT_ARCH_NO_VGA); /* IAPC_BOOT_ARCH */
-    put32(b, off + 112, FADT_FLAG_HW_REDUCED_ACPI | FADT_FLAG_RESET_REG_SUP |
-                            FADT_FLAG_PWR_BUTTON | FADT_FLAG_SLP_BUTTON); /* Flags */
+    put32(b, off + 112, /* Flags */
+          FADT_FLAG_HW_REDUCED_ACPI | FADT_FLAG_RESET_REG_SUP | FADT_FLAG_PWR_BUTTON |
+              FADT_FLAG_SLP_BUTTON);
     gas_io_byte(b, off + 116, FERRY_ACPI_RESET);      /* RESET_REG */
     put8(b, off + 128, FERRY_ACPI_RESET_VALUE);       /* RESET_VALUE */
     put8(b, off + 131, 4);                            /* FADT minor version (6.4) */
@@ -316,8 +316,8 @@ static gboolean check_config(const FerryAcpiConfig *cfg, GError **error)
                     cfg->pci_mmio32_base, cfg->pci_mmio32_size);
         return FALSE;
     }
-    if (cfg->pci_mmio64_size && cfg->pci_mmio64_base + cfg->pci_mmio64_size - 1 <
-                                    cfg->pci_mmio64_base) {
+    if (cfg->pci_mmio64_size &&
+        cfg->pci_mmio64_base + cfg->pci_mmio64_size - 1 < cfg->pci_mmio64_base) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
                     "PCI 64-bit MMIO window 0x%" G_GINT64_MODIFIER "x+0x%" G_GINT64_MODIFIER
                     "x wraps around the address space",
@@ -327,8 +327,8 @@ static gboolean check_config(const FerryAcpiConfig *cfg, GError **error)
     return TRUE;
 }
 
-gboolean ferry_acpi_install(FerryGuestMemory *mem, const FerryAcpiConfig *cfg,
-                            uint64_t *rsdp_gpa, GError **error)
+gboolean ferry_acpi_install(FerryGuestMemory *mem, const FerryAcpiConfig *cfg, uint64_t *rsdp_gpa,
+                            GError **error)
 {
     if (!check_config(cfg, error))
         return FALSE;

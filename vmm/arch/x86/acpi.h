@@ -40,5 +40,5 @@ GByteArray *ferry_acpi_build_tables(uint64_t base, const FerryAcpiConfig *cfg);
  * Fails with G_IO_ERROR_INVALID_ARGUMENT for PCI windows that do not fit their address
  * range, or G_IO_ERROR_NO_SPACE if the tables do not fit below 1 MiB.
  */
-gboolean ferry_acpi_install(FerryGuestMemory *mem, const FerryAcpiConfig *cfg,
-                            uint64_t *rsdp_gpa, GError **error);
+gboolean ferry_acpi_install(FerryGuestMemory *mem, const FerryAcpiConfig *cfg, uint64_t *rsdp_gpa,
+                            GError **error);

@@ -3,49 +3,49 @@
 #include <string.h>
 
 /* Opcodes, ACPI 6.4 section 20.3 "AML Byte Stream Byte Values". */
-#define ZERO_OP          0x00
-#define ONE_OP           0x01
-#define NAME_OP          0x08
-#define BYTE_PREFIX      0x0a
-#define WORD_PREFIX      0x0b
-#define DWORD_PREFIX     0x0c
-#define STRING_PREFIX    0x0d
-#define QWORD_PREFIX     0x0e
-#define SCOPE_OP         0x10
-#define BUFFER_OP        0x11
-#define PACKAGE_OP       0x12
-#define METHOD_OP        0x14
-#define DUAL_NAME_PREFIX 0x2e
+#define ZERO_OP           0x00
+#define ONE_OP            0x01
+#define NAME_OP           0x08
+#define BYTE_PREFIX       0x0a
+#define WORD_PREFIX       0x0b
+#define DWORD_PREFIX      0x0c
+#define STRING_PREFIX     0x0d
+#define QWORD_PREFIX      0x0e
+#define SCOPE_OP          0x10
+#define BUFFER_OP         0x11
+#define PACKAGE_OP        0x12
+#define METHOD_OP         0x14
+#define DUAL_NAME_PREFIX  0x2e
 #define MULTI_NAME_PREFIX 0x2f
-#define EXT_OP_PREFIX    0x5b
-#define ROOT_CHAR        '\\'
-#define PARENT_PREFIX    '^'
-#define STORE_OP         0x70
-#define AND_OP           0x7b
-#define NOTIFY_OP        0x86
-#define IF_OP            0xa0
-#define ONES_OP          0xff
-#define EXT_OP_REGION    0x80
-#define EXT_FIELD        0x81
-#define EXT_DEVICE       0x82
+#define EXT_OP_PREFIX     0x5b
+#define ROOT_CHAR         '\\'
+#define PARENT_PREFIX     '^'
+#define STORE_OP          0x70
+#define AND_OP            0x7b
+#define NOTIFY_OP         0x86
+#define IF_OP             0xa0
+#define ONES_OP           0xff
+#define EXT_OP_REGION     0x80
+#define EXT_FIELD         0x81
+#define EXT_DEVICE        0x82
 
 /* Resource descriptor tags (6.4.2, 6.4.3). */
-#define RES_IO_PORT      0x47 /* small item 0x08, length 7 */
-#define RES_END_TAG      0x79 /* small item 0x0f, length 1 */
+#define RES_IO_PORT        0x47 /* small item 0x08, length 7 */
+#define RES_END_TAG        0x79 /* small item 0x0f, length 1 */
 #define RES_MEMORY32_FIXED 0x86
-#define RES_DWORD_ADDR   0x87
-#define RES_WORD_ADDR    0x88
-#define RES_EXT_IRQ      0x89
-#define RES_QWORD_ADDR   0x8a
+#define RES_DWORD_ADDR     0x87
+#define RES_WORD_ADDR      0x88
+#define RES_EXT_IRQ        0x89
+#define RES_QWORD_ADDR     0x8a
 
 /* Address space descriptor fields (6.4.3.5.1-3). */
-#define ADDR_TYPE_MEMORY 0
-#define ADDR_TYPE_IO     1
-#define ADDR_TYPE_BUS    2
-#define ADDR_MIN_FIXED   (1u << 2) /* _MIF */
-#define ADDR_MAX_FIXED   (1u << 3) /* _MAF; bit 0 clear: producer, bit 1 clear: positive */
-#define ADDR_IO_ENTIRE_RANGE 3     /* _RNG */
-#define ADDR_MEM_READ_WRITE  1     /* _RW; _MEM (bits 2:1) 0: non-cacheable */
+#define ADDR_TYPE_MEMORY     0
+#define ADDR_TYPE_IO         1
+#define ADDR_TYPE_BUS        2
+#define ADDR_MIN_FIXED       (1u << 2) /* _MIF */
+#define ADDR_MAX_FIXED       (1u << 3) /* _MAF; bit 0 clear: producer, bit 1 clear: positive */
+#define ADDR_IO_ENTIRE_RANGE 3         /* _RNG */
+#define ADDR_MEM_READ_WRITE  1         /* _RW; _MEM (bits 2:1) 0: non-cacheable */
 
 static void put_bytes(GByteArray *b, const void *p, size_t n)
 {
@@ -344,11 +344,11 @@ void ferry_aml_resource_template(GByteArray *b, const GByteArray *descriptors)
 void ferry_aml_res_io(GByteArray *r, uint16_t base, uint8_t len)
 {
     put8(r, RES_IO_PORT);
-    put8(r, 1); /* Information: bit 0, 16-bit decode */
+    put8(r, 1);     /* Information: bit 0, 16-bit decode */
     put16(r, base); /* _MIN */
     put16(r, base); /* _MAX */
-    put8(r, 1);    /* _ALN */
-    put8(r, len);  /* _LEN */
+    put8(r, 1);     /* _ALN */
+    put8(r, len);   /* _LEN */
 }
 
 void ferry_aml_res_memory32_fixed(GByteArray *r, uint32_t base, uint32_t len)

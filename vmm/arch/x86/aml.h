@@ -17,8 +17,8 @@
 #include <stdint.h>
 
 /* Opcodes used directly by callers (ACPI 6.4 20.2.5, 20.2.6). */
-#define FERRY_AML_LOCAL0 0x60 /* Local0Op */
-#define FERRY_AML_ARG0   0x68 /* Arg0Op */
+#define FERRY_AML_LOCAL0    0x60 /* Local0Op */
+#define FERRY_AML_ARG0      0x68 /* Arg0Op */
 #define FERRY_AML_NULL_NAME 0x00 /* NullName: "no target" */
 
 /* Region spaces for OperationRegion (20.2.5.2, 5.5.2.4). */
