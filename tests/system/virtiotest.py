@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -288,7 +289,8 @@ def qemu_argv(kernel, cmdline, memory_mib=256, cpus=1, disks=(), nets=(),
     'none' = O_DIRECT)."""
     argv = [qemu, '-enable-kvm', '-cpu', QEMU_CPU, '-M', 'pc', '-m', str(memory_mib),
             '-smp', str(cpus), '-nographic', '-nodefaults', '-serial', 'stdio',
-            '-no-reboot', '-kernel', kernel, '-append', cmdline]
+            '-no-reboot', '-name', 'ferry-test,debug-threads=on',   # "CPU n/KVM" threads
+            '-kernel', kernel, '-append', cmdline]
     for i, d in enumerate(disks):
         drive = 'file=%s,format=raw,if=none,id=d%d,cache=%s' % (d['path'], i, cache)
         if d.get('readonly'):
@@ -338,3 +340,30 @@ def net_spec(tap, mac=None, mtu=None, slot=None):
     if slot is not None:
         s += ',slot=%d' % slot
     return s
+
+
+# -- benchmark tables -----------------------------------------------------------
+
+def ratio(a, b):
+    if a is None or b is None or not b:
+        return '-'
+    return '%.2f' % (a / b)
+
+
+def fmt(v, digits=1):
+    return '-' if v is None else '%.*f' % (digits, v)
+
+
+def print_table(rows, out=None):
+    """ROWS: (test, metric, ferry value, QEMU value, digits); prints the
+    values and ferry/QEMU ratios in aligned columns."""
+    out = out or sys.stdout
+    head = ('test', 'metric', 'ferry-vmm', 'QEMU', 'ferry/QEMU')
+    lines = [head] + [(t, m, fmt(f, d), fmt(q, d), ratio(f, q)) for t, m, f, q, d in rows]
+    w = [max(len(r[i]) for r in lines) for i in range(5)]
+    prev = None
+    for r in lines:
+        t = r[0] if r[0] != prev else ''
+        prev = r[0]
+        print('%-*s  %-*s  %*s  %*s  %*s' % (w[0], t, w[1], r[1], w[2], r[2], w[3], r[3],
+                                             w[4], r[4]), file=out)

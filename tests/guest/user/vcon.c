@@ -5,9 +5,11 @@
  *
  * VIRTIO_CONSOLE_F_MULTIPORT is not negotiated, so queue 0 is port 0's receiveq
  * and queue 1 its transmitq (5.3.2); no control messages are exchanged.
- * VIRTIO_CONSOLE_F_SIZE is taken when offered, for the READY line. At READY the
- * guest writes "FERRY-VCON-HELLO\n" to the port, then answers every line it
- * receives with "FERRY-VCON-ECHO <line>\n" on the port. CR, LF and CR LF end a
+ * VIRTIO_CONSOLE_F_SIZE is taken when offered, for the READY line. From READY on
+ * the guest writes "FERRY-VCON-HELLO\n" to the port once a second until the
+ * first byte arrives from the host (a host end that connects late, such as a
+ * socket client, still sees one), and answers every line it receives with
+ * "FERRY-VCON-ECHO <line>\n" on the port. CR, LF and CR LF end a
  * line; other control characters are dropped; lines are cut at VCON_LINE - 1
  * characters. On the serial console:
  *   FERRY-VCON-READY cols=<n> rows=<n> features=0x<device features offered>
@@ -38,7 +40,8 @@ static struct virtq *rxq, *txq;
 static struct vcon_buf rx[VCON_RXBUFS], tx[VCON_TXBUFS];
 static char line[VCON_LINE];
 static u32 line_len;
-static bool last_cr, running;
+static bool last_cr, running, heard;
+static u64 next_hello;
 
 bool vcon_active(void)
 {
@@ -135,12 +138,10 @@ nomem:
 void vcon_start(u64 now);
 void vcon_start(u64 now)
 {
-    static const char hello[] = "FERRY-VCON-HELLO\n";
-
     if (!dev)
         return;
     running = true;
-    port_write(hello, sizeof(hello) - 1);
+    next_hello = now;
 }
 
 static void end_line(void)
@@ -176,8 +177,14 @@ void vcon_poll(u64 now)
 
     if (!running)
         return;
+    if (!heard && now >= next_hello) {
+        static const char hello[] = "FERRY-VCON-HELLO\n";
+        port_write(hello, sizeof(hello) - 1);
+        next_hello = now + NS_PER_S;
+    }
     while ((b = vq_get(rxq, &len)) != NULL) {
         b->busy = false;
+        heard |= len > 0;
         input(b->data, MIN(len, VCON_RXSIZE));
         reposted |= post_rx(b);
     }
