@@ -646,6 +646,15 @@ static gboolean vp_load(FerryDevice *dev, const uint8_t *data, size_t len, GErro
     vdev->features = features;
     memcpy(vdev->vqs, vqs, vdev->nr_queues * sizeof(vqs[0]));
     g_atomic_int_set(&vp->isr, isr);
+    /* A running device (DRIVER_OK) starts its I/O again, as after the driver's DRIVER_OK. */
+    if ((t.status & VIRTIO_STATUS_DRIVER_OK) && !t.broken && vdev->ops->activate) {
+        g_autoptr(GError) activate_error = NULL;
+        if (!vdev->ops->activate(vdev, &activate_error)) {
+            g_autofree char *msg = g_strdup_printf("cannot start after loading its state: %s",
+                                                   activate_error->message);
+            ferry_virtio_set_broken(vdev, msg);
+        }
+    }
     g_mutex_unlock(&vdev->lock);
     return TRUE;
 

@@ -79,8 +79,9 @@ typedef struct {
     gboolean (*realize)(FerryVirtioDev *dev, GError **error);
     /*
      * The driver set DRIVER_OK: @dev->features holds the negotiated features and the
-     * enabled queues are in @dev->vqs.  Start I/O (rx polling, ...).  On error the
-     * transport sets DEVICE_NEEDS_RESET and logs the message.  May be NULL.
+     * enabled queues are in @dev->vqs.  Start I/O (rx polling, ...).  Also called after
+     * load() of a running device's state (paused or not).  On error the transport sets
+     * DEVICE_NEEDS_RESET and logs the message.  May be NULL.
      */
     gboolean (*activate)(FerryVirtioDev *dev, GError **error);
     /*
