@@ -488,6 +488,13 @@ gboolean ferry_vm_config_parse_args(FerryVmConfig *cfg, int *argc, char ***argv,
                     "unexpected argument '%s'", (*argv)[1]);
         return FALSE;
     }
+    if (cfg->has_virtio_console && cfg->virtio_console.kind == FERRY_CHARDEV_STDIO &&
+        cfg->serial.kind == FERRY_CHARDEV_STDIO) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "--virtio-console stdio needs the serial console elsewhere: add --serial "
+                    "off, pty, file=PATH or socket=PATH");
+        return FALSE;
+    }
     if (!cfg->kernel) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                     "--kernel is required");

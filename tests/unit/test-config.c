@@ -177,6 +177,7 @@ static void test_devices_bad(void)
         {{"--net", "tap=0123456789abcdef", NULL}, "not a valid interface name"},
         {{"--net", "tap=a/b", NULL}, "not a valid interface name"},
         {{"--rng=slot=0", NULL}, "slot takes"},
+        {{"--virtio-console", "stdio", NULL}, "needs the serial console elsewhere"},
     };
     for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
         const char *args[8] = {"--kernel", "/k"};

@@ -2,8 +2,8 @@
 /*
  * The device exercisers: PCI scan and virtio set-up before READY (CPU 0), then
  * polled from CPU 0's workload loop (monitor_poll). Nothing here runs unless
- * ferry.pci, ferry.blk or ferry.net is on the command line, so guests without
- * them never touch the PCI configuration ports.
+ * ferry.pci, ferry.blk, ferry.net, ferry.rng or ferry.vcon is on the command
+ * line, so guests without them never touch the PCI configuration ports.
  */
 #include "lib/cmdline.h"
 #include "user/ulib.h"
