@@ -246,8 +246,8 @@ static void test_device_config(void)
     if (!own_netns())
         return;
     g_autoptr(GError) error = NULL;
-    FerryNetSpec spec = {.tap = (char *) "fnet0", .fd = -1, .mtu = 1400,
-                         .slot = FERRY_PCI_SLOT_AUTO};
+    FerryNetSpec spec = {
+        .tap = (char *) "fnet0", .fd = -1, .mtu = 1400, .slot = FERRY_PCI_SLOT_AUTO};
     FerryVirtioDev *dev = ferry_virtio_net_new(&spec, 3, &error);
     g_assert_no_error(error);
     g_assert_cmpstr(ferry_virtio_net_ifname(dev), ==, "fnet0");

@@ -88,8 +88,8 @@ static uint64_t alloc_buf(Fixture *f, uint64_t len)
     return gpa;
 }
 
-static void put_desc(Fixture *f, Ring *r, unsigned i, uint64_t addr, uint32_t len,
-                     uint16_t flags, uint16_t next)
+static void put_desc(Fixture *f, Ring *r, unsigned i, uint64_t addr, uint32_t len, uint16_t flags,
+                     uint16_t next)
 {
     uint8_t *d = hva(f, r->desc + 16 * i);
     memcpy(d, &addr, 8);
@@ -221,8 +221,8 @@ static gboolean setup(Fixture *f, uint64_t features)
     for (unsigned q = 0; q < 2; q++) {
         Ring *r = q == 0 ? &f->rx : &f->tx;
         ferry_virtq_init(&dev->vqs[q], f->mem);
-        g_assert_true(ferry_virtq_enable(&dev->vqs[q], QSIZE, r->desc, r->avail, r->used, FALSE,
-                                         &error));
+        g_assert_true(
+            ferry_virtq_enable(&dev->vqs[q], QSIZE, r->desc, r->avail, r->used, FALSE, &error));
     }
     dev->features = features & dev->ops->get_features(dev);
     g_assert_cmphex(dev->features, ==, features);
@@ -291,6 +291,9 @@ static void test_tx(void)
         return;
     uint8_t frame[1200], got[2048];
 
+    /* Locked: the deferred work activate scheduled must not take the frames one by one. */
+    g_mutex_lock(&f.dev->lock);
+
     /* Header and frame in one buffer. */
     make_frame(frame, 100, 1);
     uint64_t a = alloc_buf(&f, HDR + 100);
@@ -313,7 +316,8 @@ static void test_tx(void)
     uint32_t ls = 8;
     uint16_t h3 = offer(&f, &f.tx, 1, &s, &ls, FALSE);
 
-    notify(&f, 1);
+    f.dev->ops->queue_notify(f.dev, 1);
+    g_mutex_unlock(&f.dev->lock);
     g_assert_cmpint(g_atomic_int_get(&notifications[1]), ==, 1); /* one per batch */
     uint16_t id;
     uint32_t len;
@@ -338,13 +342,52 @@ static void test_tx(void)
     teardown(&f);
 }
 
+/* Posts a 60-byte frame (with its header) on the transmitq. */
+static void post_tx(Fixture *f, unsigned seed)
+{
+    uint32_t len = HDR + 60;
+    uint64_t gpa = alloc_buf(f, len);
+    memset(hva(f, gpa), 0, HDR);
+    make_frame(hva(f, gpa + HDR), 60, seed);
+    offer(f, &f->tx, 1, &gpa, &len, FALSE);
+}
+
+/*
+ * More than one wakeup's budget (256 frames): the rest is sent later without another
+ * notification from the driver.
+ */
+static void test_tx_budget(void)
+{
+    Fixture f;
+    if (!setup(&f, 0))
+        return;
+    /*
+     * Hold the lock so that the I/O thread's deferred work (also the one activate
+     * scheduled) cannot take the frames before the notification, nor run before the next
+     * frames are posted.
+     */
+    g_mutex_lock(&f.dev->lock);
+    for (unsigned i = 0; i < QSIZE; i++)
+        post_tx(&f, i);
+    f.dev->ops->queue_notify(f.dev, 1);
+    g_assert_cmpuint(used_idx(&f, &f.tx), ==, QSIZE);
+    f.tx.used_seen = QSIZE;
+    for (unsigned i = 0; i < 10; i++)
+        post_tx(&f, 1000 + i);
+    g_mutex_unlock(&f.dev->lock);
+    g_assert_true(wait_used(&f, &f.tx, 10));
+    g_assert_cmpuint(stats(&f).tx_frames, ==, QSIZE + 10);
+    g_assert_cmpint(g_atomic_int_get(&notifications[1]), ==, 2);
+    teardown(&f);
+}
+
 static void check_rx_frame(Fixture *f, const uint8_t *buf, size_t len, unsigned seed,
                            uint16_t num_buffers)
 {
     uint8_t frame[2048];
     make_frame(frame, len, seed);
-    g_assert_cmpuint(buf[0], ==, 0);  /* flags: no GUEST_CSUM */
-    g_assert_cmpuint(buf[1], ==, 0);  /* gso_type NONE */
+    g_assert_cmpuint(buf[0], ==, 0); /* flags: no GUEST_CSUM */
+    g_assert_cmpuint(buf[1], ==, 0); /* gso_type NONE */
     g_assert_cmpuint(buf[10] | buf[11] << 8, ==, num_buffers);
     g_assert_cmpmem(buf + HDR, len, frame, len);
 }
@@ -400,6 +443,32 @@ static void test_rx_small_buffers(void)
     FerryVirtioNetStats st = stats(&f);
     g_assert_cmpuint(st.rx_frames, ==, 2);
     g_assert_cmpuint(st.rx_dropped, ==, 1);
+    teardown(&f);
+}
+
+/* A receive buffer too small for the header is returned unused; the next one is used. */
+static void test_rx_tiny_buffer(void)
+{
+    Fixture f;
+    if (!setup(&f, 0))
+        return;
+    uint64_t gpas[2];
+    post_rx(&f, 1, 8, gpas);
+    post_rx(&f, 1, 2048, gpas + 1);
+    notify(&f, 0);
+    host_send(&f, 90, 8);
+    g_assert_true(wait_used(&f, &f.rx, 2));
+    uint16_t id;
+    uint32_t len;
+    take_used(&f, &f.rx, &id, &len);
+    g_assert_cmpuint(id, ==, 0);
+    g_assert_cmpuint(len, ==, 0);
+    take_used(&f, &f.rx, &id, &len);
+    g_assert_cmpuint(id, ==, 1);
+    g_assert_cmpuint(len, ==, HDR + 90);
+    check_rx_frame(&f, hva(&f, gpas[1]), 90, 8, 1);
+    g_assert_cmpuint(stats(&f).rx_dropped, ==, 1);
+    g_assert_null(broken_why);
     teardown(&f);
 }
 
@@ -594,7 +663,8 @@ static void guest_csum(gboolean negotiated)
     g_assert_cmpuint(b[HDR + 12] << 8 | b[HDR + 13], ==, 0x0800);
     g_assert_cmpuint(ip[9], ==, 17); /* UDP */
     g_assert_cmpuint(b[10] | b[11] << 8, ==, 1);
-    uint16_t csum_start = (uint16_t) (b[6] | b[7] << 8), csum_offset = (uint16_t) (b[8] | b[9] << 8);
+    uint16_t csum_start = (uint16_t) (b[6] | b[7] << 8),
+             csum_offset = (uint16_t) (b[8] | b[9] << 8);
     /* The UDP checksum over the pseudo header and the datagram. */
     uint32_t sum = csum_add(0, ip + 12, 8) + 17 + 108;
     sum = csum_add(sum, ip + 20, 108);
@@ -625,8 +695,10 @@ int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/virtio-net/tx", test_tx);
+    g_test_add_func("/virtio-net/tx-budget", test_tx_budget);
     g_test_add_func("/virtio-net/rx-single", test_rx_single);
     g_test_add_func("/virtio-net/rx-small-buffers", test_rx_small_buffers);
+    g_test_add_func("/virtio-net/rx-tiny-buffer", test_rx_tiny_buffer);
     g_test_add_func("/virtio-net/rx-merged", test_rx_merged);
     g_test_add_func("/virtio-net/rx-waits-single", test_rx_waits_single);
     g_test_add_func("/virtio-net/rx-waits-merged", test_rx_waits_merged);

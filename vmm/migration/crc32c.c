@@ -105,8 +105,7 @@ static uint32_t raw_sw(uint32_t r, const uint8_t *p, size_t len)
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) static uint32_t raw_hw(uint32_t r, const uint8_t *p,
-                                                          size_t len)
+__attribute__((target("sse4.2"))) static uint32_t raw_hw(uint32_t r, const uint8_t *p, size_t len)
 {
     /*
      * Three independent lanes hide the instruction's 3-cycle latency; the lanes are then

@@ -148,9 +148,8 @@ gboolean ferry_stream_writer_put_round(FerryStreamWriter *w, uint32_t round, uin
                                        GError **error);
 
 /* Writes a PAGE_REQUEST record (return path only): @n (1..1024) ranges of @ranges. */
-gboolean ferry_stream_writer_put_page_request(FerryStreamWriter *w,
-                                              const FerryStreamRange *ranges, unsigned n,
-                                              GError **error);
+gboolean ferry_stream_writer_put_page_request(FerryStreamWriter *w, const FerryStreamRange *ranges,
+                                              unsigned n, GError **error);
 
 /* Pushes buffered records to the output stream (and flushes it). */
 gboolean ferry_stream_writer_flush(FerryStreamWriter *w, GError **error);
@@ -249,8 +248,7 @@ void ferry_stream_page_iter_init(FerryStreamPageIter *it, const FerryStreamRecor
  * Moves to the next present page: sets @gpa and @data (its 4 KiB, or NULL for a zero page).
  * Returns FALSE after the last.
  */
-gboolean ferry_stream_page_iter_next(FerryStreamPageIter *it, uint64_t *gpa,
-                                     const uint8_t **data);
+gboolean ferry_stream_page_iter_next(FerryStreamPageIter *it, uint64_t *gpa, const uint8_t **data);
 
 /* TRUE if the 4 KiB at @page are all zero (word-wise, early exit). */
 gboolean ferry_stream_page_is_zero(const uint8_t *page);

@@ -57,8 +57,7 @@ static gboolean bring_up(const char *name, GError **error)
     int err = errno;
     close(s);
     if (!ok)
-        return tap_error(error, err, "cannot bring TAP interface %s up: %s", name,
-                         g_strerror(err));
+        return tap_error(error, err, "cannot bring TAP interface %s up: %s", name, g_strerror(err));
     return TRUE;
 }
 
@@ -81,15 +80,15 @@ static gboolean setup_mtu(FerryTap *tap, unsigned mtu, GError **error)
                                  "as root, or set it beforehand (ip link set %s mtu %u) and "
                                  "leave out mtu=",
                                  tap->name, tap->name, mtu);
-            return tap_error(error, err, "the kernel refused MTU %u for TAP interface %s: %s",
-                             mtu, tap->name, g_strerror(err));
+            return tap_error(error, err, "the kernel refused MTU %u for TAP interface %s: %s", mtu,
+                             tap->name, g_strerror(err));
         }
     }
     memset(&ifr, 0, sizeof(ifr));
     g_strlcpy(ifr.ifr_name, tap->name, sizeof(ifr.ifr_name));
     /* A handed-over TAP may live in another network namespace: assume Ethernet's 1500. */
     tap->mtu = ioctl(s, SIOCGIFMTU, &ifr) == 0 && ifr.ifr_mtu > 0 ? (unsigned) ifr.ifr_mtu
-                                                                   : (mtu ? mtu : 1500);
+                                                                  : (mtu ? mtu : 1500);
     close(s);
     return TRUE;
 }
@@ -242,8 +241,7 @@ FerryTap *ferry_tap_adopt_fd(int fd, unsigned mtu, GError **error)
                       "not done)",
                       fd, TUN_PATH);
         else
-            tap_error(error, err, "fd=%d is not a TUN/TAP descriptor (%s)", fd,
-                      g_strerror(err));
+            tap_error(error, err, "fd=%d is not a TUN/TAP descriptor (%s)", fd, g_strerror(err));
         return NULL;
     }
     char name[IFNAMSIZ];
@@ -257,8 +255,7 @@ FerryTap *ferry_tap_adopt_fd(int fd, unsigned mtu, GError **error)
         tap_error(error, EINVAL,
                   "fd=%d (TAP interface %s) was opened without %s; open it with IFF_TAP | "
                   "IFF_NO_PI | IFF_VNET_HDR",
-                  fd, name,
-                  !(ifr.ifr_flags & IFF_VNET_HDR) ? "IFF_VNET_HDR" : "IFF_NO_PI");
+                  fd, name, !(ifr.ifr_flags & IFF_VNET_HDR) ? "IFF_VNET_HDR" : "IFF_NO_PI");
         return NULL;
     }
     g_autoptr(FerryTap) tap = tap_new();
@@ -277,8 +274,8 @@ gboolean ferry_tap_set_offload(FerryTap *tap, unsigned offloads, GError **error)
     if (!(offloads & FERRY_TAP_OFFLOAD_CSUM))
         offloads = 0; /* segmentation offloads need partial checksums */
     if (ioctl(tap->fd, TUNSETOFFLOAD, (unsigned long) offloads) < 0)
-        return tap_error(error, errno, "TAP interface %s: cannot set offloads 0x%x: %s",
-                         tap->name, offloads, g_strerror(errno));
+        return tap_error(error, errno, "TAP interface %s: cannot set offloads 0x%x: %s", tap->name,
+                         offloads, g_strerror(errno));
     return TRUE;
 }
 

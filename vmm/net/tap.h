@@ -22,11 +22,11 @@
 #define FERRY_TAP_VNET_HDR_LEN 12 /* struct virtio_net_hdr_v1, with num_buffers */
 
 typedef struct {
-    int fd;              /* non-blocking, owned */
-    char name[16];       /* interface name (IFNAMSIZ) */
-    gboolean created;    /* we created it: it disappears when @fd is closed */
-    unsigned mtu;        /* bytes: the interface's MTU after open */
-    unsigned offloads;   /* FERRY_TAP_OFFLOAD_* bits the kernel accepts (probed) */
+    int fd;            /* non-blocking, owned */
+    char name[16];     /* interface name (IFNAMSIZ) */
+    gboolean created;  /* we created it: it disappears when @fd is closed */
+    unsigned mtu;      /* bytes: the interface's MTU after open */
+    unsigned offloads; /* FERRY_TAP_OFFLOAD_* bits the kernel accepts (probed) */
 } FerryTap;
 
 /*

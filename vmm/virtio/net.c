@@ -56,25 +56,25 @@ typedef struct {
     FerryVirtioDev vdev; /* first: the transport passes &vdev */
     FerryTap *tap;
     uint8_t mac[6];
-    uint16_t status;         /* VIRTIO_NET_S_* */
-    gboolean has_mtu;        /* mtu= given: VIRTIO_NET_F_MTU offered */
-    uint16_t mtu;            /* bytes, the TAP's */
-    uint64_t host_features;  /* offered (5.1.3) */
+    uint16_t status;        /* VIRTIO_NET_S_* */
+    gboolean has_mtu;       /* mtu= given: VIRTIO_NET_F_MTU offered */
+    uint16_t mtu;           /* bytes, the TAP's */
+    uint64_t host_features; /* offered (5.1.3) */
 
-    gboolean active;         /* between activate and reset (or a broken queue) */
-    gboolean resume_active;  /* loaded from an active device: activate on the first notify */
-    gboolean paused;         /* between pause and resume */
-    GMainContext *ctx;       /* the I/O thread's, borrowed */
-    GSource *rx_src;         /* TAP readable watch; NULL when not watching */
-    GSource *kick_src;       /* deferred work (tx over budget, resume); NULL when none */
+    gboolean active;        /* between activate and reset (or a broken queue) */
+    gboolean resume_active; /* loaded from an active device: activate on the first notify */
+    gboolean paused;        /* between pause and resume */
+    GMainContext *ctx;      /* the I/O thread's, borrowed */
+    GSource *rx_src;        /* TAP readable watch; NULL when not watching */
+    GSource *kick_src;      /* deferred work (tx over budget, resume); NULL when none */
     gboolean kick_tx, kick_rx;
 
     FerryVirtqElement *elem; /* scratch */
     uint8_t *bounce;         /* BOUNCE_SIZE bytes */
     size_t pending;          /* bytes of a frame waiting in @bounce for rx buffers; 0 none */
     RxBuf rx_bufs[FERRY_VIRTIO_NET_QUEUE_SIZE];
-    GArray *rx_iov;          /* struct iovec of the held rx_bufs */
-    GArray *rx_gpa;          /* uint64_t, parallel to rx_iov */
+    GArray *rx_iov; /* struct iovec of the held rx_bufs */
+    GArray *rx_gpa; /* uint64_t, parallel to rx_iov */
 
     FerryVirtioNetStats stats;
     gboolean warned_rx, warned_tx; /* an unexpected TAP error was logged */
@@ -83,8 +83,8 @@ typedef struct {
 /* ---- helpers -------------------------------------------------------------------------- */
 
 /* Copies @len bytes from @buf into the segments @iov[0..@cnt) at byte @offset. */
-static size_t iov_from_buf(const struct iovec *iov, unsigned cnt, size_t offset,
-                           const void *buf, size_t len)
+static size_t iov_from_buf(const struct iovec *iov, unsigned cnt, size_t offset, const void *buf,
+                           size_t len)
 {
     size_t done = 0;
     for (unsigned i = 0; i < cnt && done < len; i++) {
@@ -198,8 +198,8 @@ static void tx_work(FerryVirtioNet *net)
         } else {
             net->stats.tx_dropped++;
             if (n < 0 && errno != EAGAIN && elem->out_bytes >= NET_HDR_LEN && !net->warned_tx) {
-                ferry_log("%s: writing to TAP %s failed: %s (frames are dropped)",
-                          net->vdev.id, net->tap->name, g_strerror(errno));
+                ferry_log("%s: writing to TAP %s failed: %s (frames are dropped)", net->vdev.id,
+                          net->tap->name, g_strerror(errno));
                 net->warned_tx = TRUE;
             }
         }
@@ -313,6 +313,12 @@ static RxResult rx_one_single(FerryVirtioNet *net)
     }
     if (r == 0)
         return RX_NO_BUFS;
+    if (elem->in_bytes < NET_HDR_LEN) {
+        /* Cannot hold even the header: give it back unused rather than drop every frame. */
+        ferry_virtq_push(vq, elem, 0);
+        net->stats.rx_dropped++;
+        return RX_DROPPED;
+    }
     const struct iovec *in = elem->iov + elem->nr_out;
     ssize_t n;
     if (!net->pending && elem->in_bytes >= max_rx_len(net)) {
@@ -433,21 +439,20 @@ static RxResult rx_one_merged(FerryVirtioNet *net)
 static void rx_work(FerryVirtioNet *net)
 {
     gboolean merged = ferry_virtio_has_feature(&net->vdev, VIRTIO_NET_F_MRG_RXBUF);
-    unsigned done = 0, delivered = 0;
+    uint16_t used_before = net->vdev.vqs[RXQ].used_idx;
+    unsigned done = 0;
 
     while (running(net) && done < NET_BUDGET) {
         RxResult res = merged ? rx_one_merged(net) : rx_one_single(net);
-        if (res == RX_DELIVERED) {
-            delivered++;
-        } else if (res == RX_NO_BUFS || res == RX_TAP_ERROR) {
+        if (res == RX_NO_BUFS || res == RX_TAP_ERROR) {
             rx_watch(net, FALSE); /* until the driver notifies the receiveq */
             break;
-        } else if (res != RX_DROPPED) {
+        } else if (res != RX_DELIVERED && res != RX_DROPPED) {
             break;
         }
         done++;
     }
-    if (delivered)
+    if (net->vdev.vqs[RXQ].used_idx != used_before)
         ferry_virtio_notify_queue(&net->vdev, RXQ);
 }
 
@@ -561,8 +566,8 @@ static void net_queue_notify(FerryVirtioDev *dev, unsigned index)
          */
         g_autoptr(GError) error = NULL;
         if (!net_activate(dev, &error)) {
-            g_autofree char *msg = g_strdup_printf("cannot start after loading: %s",
-                                                   error->message);
+            g_autofree char *msg =
+                g_strdup_printf("cannot start after loading: %s", error->message);
             ferry_virtio_set_broken(dev, msg);
             return;
         }
@@ -608,8 +613,7 @@ static void net_save(FerryVirtioDev *dev, FerryStateWriter *w)
     ferry_state_put_u8(w, net->active || net->resume_active);
 }
 
-static gboolean net_load(FerryVirtioDev *dev, uint8_t version, FerryStateReader *r,
-                         GError **error)
+static gboolean net_load(FerryVirtioDev *dev, uint8_t version, FerryStateReader *r, GError **error)
 {
     FerryVirtioNet *net = (FerryVirtioNet *) dev;
     uint8_t mac[6], has_mtu, active;
@@ -617,8 +621,8 @@ static gboolean net_load(FerryVirtioDev *dev, uint8_t version, FerryStateReader 
     uint64_t features;
     if (version != NET_STATE_VERSION) {
         g_set_error(error, FERRY_STATE_ERROR, FERRY_STATE_ERROR_VERSION,
-                    "virtio-net state version %u is not supported (this build reads %u)",
-                    version, NET_STATE_VERSION);
+                    "virtio-net state version %u is not supported (this build reads %u)", version,
+                    NET_STATE_VERSION);
         return FALSE;
     }
     if (!ferry_state_get_bytes(r, mac, 6, error) || !ferry_state_get_u16(r, &status, error) ||
@@ -632,8 +636,8 @@ static gboolean net_load(FerryVirtioDev *dev, uint8_t version, FerryStateReader 
     }
     if (mac[0] & 1) {
         g_set_error(error, FERRY_STATE_ERROR, FERRY_STATE_ERROR_INVALID,
-                    "virtio-net state: multicast MAC address %02x:%02x:%02x:%02x:%02x:%02x",
-                    mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+                    "virtio-net state: multicast MAC address %02x:%02x:%02x:%02x:%02x:%02x", mac[0],
+                    mac[1], mac[2], mac[3], mac[4], mac[5]);
         return FALSE;
     }
     /* The driver may have negotiated any offered feature: we must offer them all too. */
@@ -706,8 +710,8 @@ void ferry_virtio_net_default_mac(unsigned pid, unsigned index, uint8_t mac[6])
 
 static uint64_t offered_features(const FerryTap *tap, gboolean has_mtu)
 {
-    uint64_t f = 1ULL << VIRTIO_NET_F_MAC | 1ULL << VIRTIO_NET_F_STATUS |
-                 1ULL << VIRTIO_NET_F_MRG_RXBUF;
+    uint64_t f =
+        1ULL << VIRTIO_NET_F_MAC | 1ULL << VIRTIO_NET_F_STATUS | 1ULL << VIRTIO_NET_F_MRG_RXBUF;
     if (has_mtu)
         f |= 1ULL << VIRTIO_NET_F_MTU;
     /* Only what the kernel's TAP takes in both directions (probed with TUNSETOFFLOAD). */

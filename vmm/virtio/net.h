@@ -14,7 +14,7 @@
 
 #include <stdint.h>
 
-#define FERRY_VIRTIO_NET_QUEUE_SIZE 256
+#define FERRY_VIRTIO_NET_QUEUE_SIZE  256
 #define FERRY_VIRTIO_NET_CONFIG_SIZE 12 /* mac, status, max_virtqueue_pairs, mtu (5.1.4) */
 
 /* Feature bits (section 5.1.3). */
