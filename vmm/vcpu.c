@@ -1,5 +1,7 @@
 #include "vcpu.h"
 
+#include "arch/x86/vcpu_state.h"
+
 #include "arch/x86/vcpu_setup.h"
 #include "util/log.h"
 #include "vm.h"
@@ -189,6 +191,28 @@ static gpointer vcpu_thread(gpointer data)
     }
     ferry_vm_vcpu_exited(v->vm, v);
     return NULL;
+}
+
+gboolean ferry_vcpu_settle(FerryVcpu *v, GError **error)
+{
+    /* A string I/O instruction may need several exits; each is handled as usual. */
+    for (unsigned i = 0; i < 4096; i++) {
+        g_autoptr(GError) pending = NULL;
+        if (ferry_x86_vcpu_complete_pending_io(v->fd, v->run, &pending))
+            return TRUE;
+        if (!g_error_matches(pending, FERRY_X86_STATE_ERROR, FERRY_X86_STATE_ERROR_EXIT_PENDING)) {
+            g_propagate_error(error, g_steal_pointer(&pending));
+            return FALSE;
+        }
+        if (!handle_exit(v)) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                        "vCPU %u stopped with a fatal exit while settling its state", v->index);
+            return FALSE;
+        }
+    }
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                "vCPU %u keeps exiting; its state cannot be settled", v->index);
+    return FALSE;
 }
 
 gboolean ferry_vcpu_start(FerryVcpu *v, GError **error)

@@ -47,6 +47,12 @@ FerryVcpu *ferry_vcpu_new(FerryVm *vm, FerryKvm *kvm, unsigned index, unsigned n
 /* Puts the vCPU back into its power-on state (machine reset); the thread must be parked. */
 gboolean ferry_vcpu_reset(FerryVcpu *vcpu, FerryKvm *kvm, GError **error);
 
+/*
+ * Completes the PIO/MMIO exit a parked vCPU stopped in (handling any further exits it
+ * makes), so its registers are consistent for saving.  Main thread, vCPU parked.
+ */
+gboolean ferry_vcpu_settle(FerryVcpu *vcpu, GError **error);
+
 /* Starts the vCPU thread. */
 gboolean ferry_vcpu_start(FerryVcpu *vcpu, GError **error);
 

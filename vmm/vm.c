@@ -19,6 +19,7 @@
 #include "virtio/pci.h"
 #include "virtio/rng.h"
 #include "util/log.h"
+#include "snapshot.h"
 #include "vm_control.h"
 
 #include <errno.h>
@@ -424,8 +425,12 @@ FerryVm *ferry_vm_new(const FerryVmConfig *cfg, GError **error)
             return NULL;
         vm->nr_vcpus++;
     }
-    /* 6. power-on state to come back to on reset, then the guest itself */
-    if (!save_irqchip_state(vm, error) || !load_guest(vm, error))
+    /* 6. power-on state to come back to on reset, then the guest itself: a kernel, or the
+     * saved machine to continue */
+    if (!save_irqchip_state(vm, error))
+        return NULL;
+    if (cfg->restore ? !ferry_vm_restore_from_file(vm, cfg->restore, error)
+                     : !load_guest(vm, error))
         return NULL;
     return g_steal_pointer(&vm);
 }

@@ -29,6 +29,7 @@ void ferry_vm_config_clear(FerryVmConfig *cfg)
     g_free(cfg->initrd);
     g_free(cfg->cmdline);
     g_free(cfg->control_socket);
+    g_free(cfg->restore);
     ferry_chardev_spec_clear(&cfg->serial);
     ferry_chardev_spec_clear(&cfg->virtio_console);
     if (cfg->disks)
@@ -419,6 +420,8 @@ static gboolean opt_string(const char *name, const char *value, gpointer data, G
         slot = &cfg->control_socket;
     else if (g_str_equal(name, "--name"))
         slot = &cfg->name;
+    else if (g_str_equal(name, "--restore"))
+        slot = &cfg->restore;
     g_assert(slot);
     if (value[0] == '\0' && slot != &cfg->cmdline) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "%s needs a value", name);
@@ -452,6 +455,9 @@ gboolean ferry_vm_config_parse_args(FerryVmConfig *cfg, int *argc, char ***argv,
          "A virtio-rng device fed by getrandom()", "[slot=N]"},
         {"virtio-console", 0, 0, G_OPTION_ARG_CALLBACK, opt_virtio_console,
          "A virtio-console port (hvc0): stdio, pty, off, file=PATH or socket=PATH", "SPEC"},
+        {"restore", 0, 0, G_OPTION_ARG_CALLBACK, opt_string,
+         "Continue a VM saved by the control API's save; give the options it ran with",
+         "FILE"},
         {"control-socket", 0, 0, G_OPTION_ARG_CALLBACK, opt_string,
          "Unix socket for the JSON-RPC control API", "PATH"},
         {"name", 0, 0, G_OPTION_ARG_CALLBACK, opt_string, "VM name used in messages", "NAME"},
@@ -496,6 +502,7 @@ gboolean ferry_vm_config_parse_args(FerryVmConfig *cfg, int *argc, char ***argv,
         return FALSE;
     }
     if (!cfg->kernel) {
+        /* also with --restore: a reboot of the restored guest boots the kernel again */
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                     "--kernel is required");
         return FALSE;

@@ -48,6 +48,7 @@ typedef struct {
     unsigned cpus;        /* >= 1 */
     FerryChardevSpec serial;
     char *control_socket; /* path or NULL, owned */
+    char *restore;        /* --restore: a saved state stream to start from, or NULL; owned */
     FerryOnReboot on_reboot;
     GArray *disks;        /* FerryDiskSpec, in command-line order */
     GArray *nets;         /* FerryNetSpec, in command-line order */

@@ -141,6 +141,7 @@ struct FerryVirtioBlk {
     gboolean dropping; /* reset/free: finish requests without touching the guest */
     gboolean pushed;   /* used buffers pushed since the last notification */
     unsigned errors;
+    FerryVirtioBlkStats stats; /* under dev.lock */
 };
 
 static FerryVirtioBlk *to_blk(FerryVirtioDev *dev)
@@ -266,6 +267,32 @@ static void blk_req_put(FerryVirtioBlk *blk, BlkReq *req)
     blk->free_reqs = req;
 }
 
+/* Counts @req, completed to the driver with @status, in the device's statistics. */
+static void blk_count(FerryVirtioBlk *blk, const BlkReq *req, uint8_t status)
+{
+    FerryVirtioBlkStats *st = &blk->stats;
+    gboolean ok = status == VIRTIO_BLK_S_OK;
+    switch (req->type) {
+    case VIRTIO_BLK_T_IN:
+        st->read_requests++;
+        if (ok)
+            st->read_bytes += req->data_len;
+        break;
+    case VIRTIO_BLK_T_OUT:
+        st->write_requests++;
+        if (ok)
+            st->write_bytes += req->elem->out_bytes - REQ_HEADER_SIZE;
+        break;
+    case VIRTIO_BLK_T_FLUSH:
+        st->flush_requests++;
+        break;
+    default:
+        break;
+    }
+    if (!ok)
+        st->errors++;
+}
+
 /*
  * Finishes @req with @status: writes the status byte and pushes the element with @written
  * bytes (data + status), unless the device is being reset or is broken, in which case the
@@ -286,6 +313,7 @@ static void blk_req_complete(FerryVirtioBlk *blk, BlkReq *req, uint8_t status, u
         ferry_guest_memory_mark_dirty(dev->mem, req->status_gpa, 1);
         ferry_virtq_push(&dev->vqs[0], req->elem, written);
         blk->pushed = TRUE;
+        blk_count(blk, req, status);
     }
     blk_req_put(blk, req);
 }
@@ -1048,4 +1076,11 @@ fail:
 uint64_t ferry_virtio_blk_capacity(FerryVirtioDev *dev)
 {
     return to_blk(dev)->capacity;
+}
+
+void ferry_virtio_blk_get_stats(FerryVirtioDev *dev, FerryVirtioBlkStats *stats)
+{
+    g_mutex_lock(&dev->lock);
+    *stats = to_blk(dev)->stats;
+    g_mutex_unlock(&dev->lock);
 }

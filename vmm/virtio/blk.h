@@ -38,3 +38,20 @@ FerryVirtioDev *ferry_virtio_blk_new(const FerryDiskSpec *spec, GError **error);
 
 /* Capacity of the disk in 512-byte sectors (the configuration field, section 5.2.4). */
 uint64_t ferry_virtio_blk_capacity(FerryVirtioDev *dev);
+
+/*
+ * Request counters of a virtio-blk device since it was created (not reset with the machine,
+ * not saved with its state).  A request counts when its status is written back to the
+ * driver (section 5.2.6); requests dropped by a device reset do not count.
+ */
+typedef struct {
+    uint64_t read_requests;  /* VIRTIO_BLK_T_IN, any status */
+    uint64_t write_requests; /* VIRTIO_BLK_T_OUT, any status */
+    uint64_t flush_requests; /* VIRTIO_BLK_T_FLUSH, any status */
+    uint64_t read_bytes;     /* data bytes of reads completed with VIRTIO_BLK_S_OK */
+    uint64_t write_bytes;    /* data bytes of writes completed with VIRTIO_BLK_S_OK */
+    uint64_t errors;         /* requests of any type completed with IOERR or UNSUPP */
+} FerryVirtioBlkStats;
+
+/* Copies the counters of @dev (a virtio-blk device); takes the device's lock. */
+void ferry_virtio_blk_get_stats(FerryVirtioDev *dev, FerryVirtioBlkStats *stats);

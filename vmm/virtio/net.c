@@ -101,9 +101,10 @@ static size_t iov_from_buf(const struct iovec *iov, unsigned cnt, size_t offset,
 }
 
 /*
- * Hands the last @n popped elements back to the avail ring (section 2.7.13: the device
- * has not used them; the driver cannot tell).  Popping only advanced last_avail, plus
- * avail_event, which stays ahead and so still asks for the notification we want.
+ * Hands the last @n popped elements back to the available ring: the device has not used
+ * them, so the driver cannot tell.  Popping only advanced last_avail, plus avail_event
+ * (2.7.10), which stays ahead and so still asks for the notification we want.  (A candidate
+ * for virtqueue.h as ferry_virtq_unpop.)
  */
 static void unpop(FerryVirtqueue *vq, unsigned n)
 {

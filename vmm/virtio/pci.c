@@ -710,6 +710,21 @@ FerryDevice *ferry_virtio_pci_device(FerryVirtioPci *vp)
     return &vp->dev;
 }
 
+FerryVirtioPci *ferry_virtio_pci_from_device(FerryDevice *dev)
+{
+    return dev->ops == &virtio_pci_device_ops ? (FerryVirtioPci *) dev : NULL;
+}
+
+FerryVirtioDev *ferry_virtio_pci_vdev(FerryVirtioPci *vp)
+{
+    return vp->vdev;
+}
+
+unsigned ferry_virtio_pci_slot(const FerryVirtioPci *vp)
+{
+    return vp->pci.slot;
+}
+
 /* ---- construction ------------------------------------------------------------------ */
 
 FerryVirtioPci *ferry_virtio_pci_new(FerryVirtioDev *vdev, const char *id, FerryPciHost *host,

@@ -31,3 +31,13 @@ FerryVirtioPci *ferry_virtio_pci_new(FerryVirtioDev *vdev, const char *id, Ferry
 
 /* The generic device interface (device.h): reset, pause, resume, save, load, free. */
 struct FerryDevice *ferry_virtio_pci_device(FerryVirtioPci *vp);
+
+/* The virtio-pci function @dev is (from ferry_virtio_pci_device), or NULL for any other kind
+ * of device.  Borrowed. */
+FerryVirtioPci *ferry_virtio_pci_from_device(struct FerryDevice *dev);
+
+/* The device model @vp wraps; borrowed, lives as long as @vp. */
+FerryVirtioDev *ferry_virtio_pci_vdev(FerryVirtioPci *vp);
+
+/* The PCI slot (device number on bus 0) @vp was added at. */
+unsigned ferry_virtio_pci_slot(const FerryVirtioPci *vp);
