@@ -249,7 +249,7 @@ static void console_pause(FerryVirtioDev *dev)
      * last_avail back by one makes the next pop, here or after a migration, return it again.
      */
     if (c->rx_held) {
-        c->vdev.vqs[RXQ].last_avail--;
+        ferry_virtq_unpop(&c->vdev.vqs[RXQ], 1);
         c->rx_held = FALSE;
     }
 }

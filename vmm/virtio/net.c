@@ -100,17 +100,6 @@ static size_t iov_from_buf(const struct iovec *iov, unsigned cnt, size_t offset,
     return done;
 }
 
-/*
- * Hands the last @n popped elements back to the available ring: the device has not used
- * them, so the driver cannot tell.  Popping only advanced last_avail, plus avail_event
- * (2.7.10), which stays ahead and so still asks for the notification we want.  (A candidate
- * for virtqueue.h as ferry_virtq_unpop.)
- */
-static void unpop(FerryVirtqueue *vq, unsigned n)
-{
-    vq->last_avail = (uint16_t) (vq->last_avail - n);
-}
-
 static gboolean running(FerryVirtioNet *net)
 {
     return net->active && !net->paused && !ferry_virtio_is_broken(&net->vdev);
@@ -325,23 +314,23 @@ static RxResult rx_one_single(FerryVirtioNet *net)
     if (!net->pending && elem->in_bytes >= max_rx_len(net)) {
         n = tap_read(net, in, (int) elem->nr_in);
         if (n <= 0) {
-            unpop(vq, 1);
+            ferry_virtq_unpop(vq, 1);
             return n == 0 ? RX_TAP_EMPTY : RX_TAP_ERROR;
         }
         if (n < NET_HDR_LEN) {
-            unpop(vq, 1);
+            ferry_virtq_unpop(vq, 1);
             net->stats.rx_dropped++;
             return RX_DROPPED;
         }
     } else {
         RxResult res = fill_bounce(net);
         if (res != RX_DELIVERED) {
-            unpop(vq, 1);
+            ferry_virtq_unpop(vq, 1);
             return res;
         }
         if (net->pending > elem->in_bytes) {
             /* The driver's buffers are too small for this frame: drop it, keep the buffer. */
-            unpop(vq, 1);
+            ferry_virtq_unpop(vq, 1);
             net->pending = 0;
             net->stats.rx_dropped++;
             return RX_DROPPED;
@@ -386,7 +375,7 @@ static RxResult rx_one_merged(FerryVirtioNet *net)
     while (room < net->pending) {
         if (nbufs == vq->size || nbufs == FERRY_VIRTIO_NET_QUEUE_SIZE) {
             /* Needs more buffers than the ring holds: it can never be delivered. */
-            unpop(vq, nbufs);
+            ferry_virtq_unpop(vq, nbufs);
             net->pending = 0;
             net->stats.rx_dropped++;
             return RX_DROPPED;
@@ -398,13 +387,13 @@ static RxResult rx_one_merged(FerryVirtioNet *net)
             return RX_BROKEN;
         }
         if (r == 0) {
-            unpop(vq, nbufs);
+            ferry_virtq_unpop(vq, nbufs);
             return RX_NO_BUFS; /* the frame stays pending */
         }
         FerryVirtqElement *elem = net->elem;
         if (elem->in_bytes < NET_HDR_LEN) {
             /* 5.1.6.3.1: each buffer MUST hold at least the header. */
-            unpop(vq, nbufs);
+            ferry_virtq_unpop(vq, nbufs);
             ferry_virtio_set_broken(&net->vdev, "a merged receive buffer is smaller than the "
                                                 "12-byte virtio-net header");
             stop_io(net);

@@ -222,6 +222,11 @@ int ferry_virtq_pop(FerryVirtqueue *vq, FerryVirtqElement *elem, GError **error)
     return 1;
 }
 
+void ferry_virtq_unpop(FerryVirtqueue *vq, unsigned n)
+{
+    vq->last_avail = (uint16_t) (vq->last_avail - n);
+}
+
 void ferry_virtq_push(FerryVirtqueue *vq, const FerryVirtqElement *elem, uint32_t written)
 {
     /* The device filled @written bytes of the writable segments: those pages are dirty. */

@@ -80,6 +80,14 @@ gboolean ferry_virtq_enable(FerryVirtqueue *vq, uint16_t size, uint64_t desc_gpa
 int ferry_virtq_pop(FerryVirtqueue *vq, FerryVirtqElement *elem, GError **error);
 
 /*
+ * Gives the last @n popped, unused elements back to the available ring (a device that
+ * found no room for them, or pauses holding one): the next pop returns them again.  Only
+ * advancing last_avail (and avail_event, which stays ahead and so still asks for the
+ * notification the device wants) was visible, so the driver cannot tell.
+ */
+void ferry_virtq_unpop(FerryVirtqueue *vq, unsigned n);
+
+/*
  * Returns @elem to the driver through the used ring, @written bytes of its writable
  * segments having been filled (they are marked dirty).  Elements are pushed in any order.
  */
