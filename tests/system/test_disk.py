@@ -214,6 +214,8 @@ def test_two_disks(spawn_vmm, guest, tmp_path):
     what GET_ID returns (20 bytes, the maximum, are returned whole); only the
     chosen image is written."""
     a = virtiotest.make_image(tmp_path / 'a.img', 8)
+    write_pattern(a, 1, seed=5)
+    a_hash = sha256(a)
     b = virtiotest.make_image(tmp_path / 'b.img', 16)
     disks = [{'path': a, 'serial': 'alpha'}, {'path': b, 'serial': 'B2345678901234567890'}]
     vm = boot(spawn_vmm, guest, disks, 'ferry.blk=write ferry.blk.dev=1')
@@ -224,16 +226,19 @@ def test_two_disks(spawn_vmm, guest, tmp_path):
     assert_no_ioerr(vm)
     stop_ok(vm)
 
-    vm2 = boot(spawn_vmm, guest, disks, 'ferry.blk=verify ferry.blk.dev=0 ferry.blk.mib=1')
+    vm2 = boot(spawn_vmm, guest, disks,
+               'ferry.blk=verify ferry.blk.dev=0 ferry.blk.mib=1 ferry.blk.seed=5')
     ready = wait_blk_ready(vm2)
     assert ready['capacity_sectors'] == 8 * MIB // SECTOR, ready['line']
     assert ready['serial'] == 'alpha', ready['line']
+    assert wait_done(vm2, 'verify')['mib'] == 1
+    assert_no_ioerr(vm2)
+    vm2.check_no_failures()
     stop_ok(vm2)
 
     r = host_check(b)
     assert r['bad'] == 0 and r['ok'] == 16 * MIB // SECTOR, r
-    with open(a, 'rb') as f:
-        assert f.read().count(0) == 8 * MIB, 'the other disk was written'
+    assert sha256(a) == a_hash, 'the other disk was written'
 
 
 def test_slots(spawn_vmm, guest, tmp_path):
@@ -241,11 +246,14 @@ def test_slots(spawn_vmm, guest, tmp_path):
     in the guest's PCI order whatever the command-line order."""
     a = virtiotest.make_image(tmp_path / 'a.img', 4)
     b = virtiotest.make_image(tmp_path / 'b.img', 8)
+    write_pattern(b, 1)
     disks = [{'path': a, 'serial': 'slot9', 'slot': 9},
              {'path': b, 'serial': 'slot5', 'slot': 5}]
     vm = boot(spawn_vmm, guest, disks, 'ferry.blk=verify ferry.blk.mib=1', quiet=False)
     ready = wait_blk_ready(vm)
     assert ready['serial'] == 'slot5', ready['line']
+    assert wait_done(vm, 'verify')['mib'] == 1
+    vm.check_no_failures()
     vm.wait_for(r'ferry-guest: virtio-blk 00:05\.0 ', 10, since=0)
     pci = [m.string for m in vm.find_all(r'ferry-guest: pci 00:(05|09)\.0 ')]
     assert len(pci) == 2 and all('virtio-blk' in p for p in pci), \
