@@ -3,8 +3,9 @@
  * guest memory and a split ring built here, on a real I/O thread and io_uring.
  *
  * The transport's entry points the device calls (virtio.h) are replaced by the test
- * doubles below, which count notifications and record a broken device.
+ * doubles below, which count virtio_double_total and record a broken device.
  */
+#include "virtio-double.h"
 #include "virtio/blk.h"
 
 #include <errno.h>
@@ -44,32 +45,6 @@
 #define FEAT_RO           (1ULL << 5)
 #define FEAT_DISCARD      (1ULL << 13)
 #define FEAT_WRITE_ZEROES (1ULL << 14)
-
-/* ---- transport test doubles (virtio.h) ---- */
-
-static gint notifications;
-static char *broken_why;
-
-void ferry_virtio_notify_queue(FerryVirtioDev *dev, unsigned index)
-{
-    if (ferry_virtq_should_notify(&dev->vqs[index]))
-        g_atomic_int_inc(&notifications);
-}
-
-void ferry_virtio_notify_config(FerryVirtioDev *dev)
-{
-}
-
-void ferry_virtio_set_broken(FerryVirtioDev *dev, const char *why)
-{
-    if (!broken_why)
-        broken_why = g_strdup(why);
-}
-
-gboolean ferry_virtio_is_broken(const FerryVirtioDev *dev)
-{
-    return broken_why != NULL;
-}
 
 /* ---- fixture ---- */
 
@@ -121,8 +96,8 @@ static void fixture_clear(Fixture *f)
         g_rmdir(f->dir);
     g_free(f->path);
     g_free(f->dir);
-    g_clear_pointer(&broken_why, g_free);
-    g_atomic_int_set(&notifications, 0);
+    virtio_double_reset();
+    
 }
 
 /* Wires @dev as the transport would: memory, I/O thread, realize, queue, features, activate. */
@@ -498,7 +473,7 @@ static void test_write_read(void)
     g_autofree uint8_t *buf = g_malloc(65536);
     file_read(f.path, 8 * 512, buf, 65536);
     g_assert_cmpmem(buf, 65536, hva(&f, w.data_gpa), 65536);
-    g_assert_cmpint(g_atomic_int_get(&notifications), >=, 1);
+    g_assert_cmpint(g_atomic_int_get(&virtio_double_total), >=, 1);
 
     /* IN: data split over two writable descriptors, header and status separate. */
     fill_pattern(buf, 8192, 2);
@@ -532,7 +507,7 @@ static void test_write_read(void)
 
     /* FLUSH */
     g_assert_cmpuint(run(&f, build(&f, T_FLUSH, 0, 0, FALSE)), ==, S_OK);
-    g_assert_null(broken_why);
+    g_assert_null(virtio_double_broken_why);
     fixture_clear(&f);
 }
 
@@ -585,7 +560,7 @@ static void test_errors(void)
     g_assert_cmpuint(run(&f, build(&f, 99, 0, 0, FALSE)), ==, S_UNSUPP);
     g_assert_cmpuint(run(&f, build(&f, 14 /* SECURE_ERASE */, 0, 16, FALSE)), ==, S_UNSUPP);
     g_assert_cmpuint(run(&f, build(&f, 10 /* GET_LIFETIME */, 0, 16, TRUE)), ==, S_UNSUPP);
-    g_assert_null(broken_why);
+    g_assert_null(virtio_double_broken_why);
 
     /* The image shrank under the device: end of file inside the capacity. */
     g_assert_cmpint(truncate(f.path, 4096), ==, 0);
@@ -702,7 +677,7 @@ static void check_discard_zeroes(const char *dir)
     g_assert_cmpuint(run(&f, build_dwz(&f, T_WRITE_ZEROES, 1, dsec, dcnt, dfl)), ==, S_IOERR);
     /* A payload that is not whole segments. */
     g_assert_cmpuint(run(&f, build(&f, T_DISCARD, 0, 12, FALSE)), ==, S_IOERR);
-    g_assert_null(broken_why);
+    g_assert_null(virtio_double_broken_why);
     fixture_clear(&f);
 }
 
@@ -791,12 +766,12 @@ static void test_pause_reset(void)
     f.dev->paused = TRUE;
     f.dev->ops->pause(f.dev);
     g_assert_cmpuint(used_idx(&f), ==, n);
-    int notes = g_atomic_int_get(&notifications);
+    int notes = g_atomic_int_get(&virtio_double_total);
     g_assert_cmpint(notes, >=, 1);
     g_mutex_unlock(&f.dev->lock);
     g_usleep(20000);
     g_assert_cmpuint(used_idx(&f), ==, n);
-    g_assert_cmpint(g_atomic_int_get(&notifications), ==, notes);
+    g_assert_cmpint(g_atomic_int_get(&virtio_double_total), ==, notes);
     f.dev->paused = FALSE;
 
     /* Save / load: same disk accepted; a disk of another size or mode refused. */
@@ -871,8 +846,8 @@ static void test_broken(void)
     put_desc(&f, 1, st, 1, F_WRITE, 0);
     offer(&f, 0);
     kick(&f);
-    g_assert_nonnull(broken_why);
-    g_assert_nonnull(strstr(broken_why, "header"));
+    g_assert_nonnull(virtio_double_broken_why);
+    g_assert_nonnull(strstr(virtio_double_broken_why, "header"));
     g_assert_cmpuint(used_idx(&f), ==, 0);
     fixture_clear(&f);
 
@@ -883,8 +858,8 @@ static void test_broken(void)
     put_desc(&g, 0, hdr, 16 + 512, 0, 0); /* an OUT without a status byte */
     offer(&g, 0);
     kick(&g);
-    g_assert_nonnull(broken_why);
-    g_assert_nonnull(strstr(broken_why, "status"));
+    g_assert_nonnull(virtio_double_broken_why);
+    g_assert_nonnull(strstr(virtio_double_broken_why, "status"));
     g_assert_cmpuint(used_idx(&g), ==, 0);
     /* A broken device takes nothing more from its queue. */
     offer(&g, build(&g, T_FLUSH, 0, 0, FALSE).head);

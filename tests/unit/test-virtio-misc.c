@@ -5,8 +5,9 @@
  * iterated by the test.
  *
  * The transport's entry points the devices call (virtio.h) are replaced by the test doubles
- * below, which count notifications and record a broken device.
+ * below, which count virtio_double_total and record a broken device.
  */
+#include "virtio-double.h"
 #include "virtio/console.h"
 #include "virtio/rng.h"
 
@@ -24,32 +25,6 @@
 
 #define F_NEXT  1
 #define F_WRITE 2
-
-/* ---- transport test doubles (virtio.h) ---- */
-
-static gint notifications;
-static char *broken_why;
-
-void ferry_virtio_notify_queue(FerryVirtioDev *dev, unsigned index)
-{
-    if (ferry_virtq_should_notify(&dev->vqs[index]))
-        g_atomic_int_inc(&notifications);
-}
-
-void ferry_virtio_notify_config(FerryVirtioDev *dev)
-{
-}
-
-void ferry_virtio_set_broken(FerryVirtioDev *dev, const char *why)
-{
-    if (!broken_why)
-        broken_why = g_strdup(why);
-}
-
-gboolean ferry_virtio_is_broken(const FerryVirtioDev *dev)
-{
-    return broken_why != NULL;
-}
 
 /* ---- fixture: one device, its queues, a bump allocator for buffers ---- */
 
@@ -114,8 +89,8 @@ static void fixture_clear(Fixture *f)
     if (f->dir)
         g_rmdir(f->dir);
     g_free(f->dir);
-    g_clear_pointer(&broken_why, g_free);
-    g_atomic_int_set(&notifications, 0);
+    virtio_double_reset();
+    
 }
 
 static uint64_t alloc_buf(Fixture *f, uint64_t len)
@@ -191,7 +166,7 @@ static void test_rng_fill(void)
     }
     kick(&f, 0);
     g_assert_cmpuint(used_idx(&f, 0), ==, 3);
-    g_assert_cmpint(notifications, ==, 1);
+    g_assert_cmpint(virtio_double_total, ==, 1);
     for (unsigned i = 0; i < 3; i++) {
         uint16_t head;
         uint32_t len;
@@ -207,7 +182,7 @@ static void test_rng_fill(void)
     g_assert_cmpuint(ones, <, 4096 * 8 * 55 / 100);
     for (unsigned i = FERRY_VIRTIO_RNG_MAX_REQUEST; i < 100000; i++)
         g_assert_cmpuint(hva(&f, gpa[2])[i], ==, 0);
-    g_assert_null(broken_why);
+    g_assert_null(virtio_double_broken_why);
     fixture_clear(&f);
 }
 
@@ -217,7 +192,7 @@ static void test_rng_readable_buffer(void)
     plug(&f, ferry_virtio_rng_new(NULL));
     offer(&f, 0, alloc_buf(&f, 64), 64, 0);
     kick(&f, 0);
-    g_assert_nonnull(broken_why);
+    g_assert_nonnull(virtio_double_broken_why);
     g_assert_cmpuint(used_idx(&f, 0), ==, 0);
     fixture_clear(&f);
 }
@@ -355,8 +330,8 @@ static void test_console_input_flow(void)
     pump_until(&f, 2 + 5); /* 19 more bytes: 4+4+4+4+3 */
     collect(&f, gpa, got);
     g_assert_cmpstr(got->str, ==, msg);
-    g_assert_cmpint(notifications, >=, 1);
-    g_assert_null(broken_why);
+    g_assert_cmpint(virtio_double_total, >=, 1);
+    g_assert_null(virtio_double_broken_why);
     close(fd);
     fixture_clear(&f);
 }

@@ -7,6 +7,7 @@
  *
  * The transport's entry points the device calls (virtio.h) are the test doubles below.
  */
+#include "virtio-double.h"
 #include "virtio/net.h"
 
 #include <arpa/inet.h>
@@ -33,32 +34,6 @@
 
 #define F_NEXT  1
 #define F_WRITE 2
-
-/* ---- transport test doubles (virtio.h) ---- */
-
-static gint notifications[2];
-static char *broken_why;
-
-void ferry_virtio_notify_queue(FerryVirtioDev *dev, unsigned index)
-{
-    if (ferry_virtq_should_notify(&dev->vqs[index]))
-        g_atomic_int_inc(&notifications[index]);
-}
-
-void ferry_virtio_notify_config(FerryVirtioDev *dev)
-{
-}
-
-void ferry_virtio_set_broken(FerryVirtioDev *dev, const char *why)
-{
-    if (!broken_why)
-        broken_why = g_strdup(why);
-}
-
-gboolean ferry_virtio_is_broken(const FerryVirtioDev *dev)
-{
-    return broken_why != NULL;
-}
 
 /* ---- driver side ---- */
 
@@ -258,9 +233,7 @@ static void teardown(Fixture *f)
         close(f->pkt);
     if (f->mem)
         ferry_guest_memory_free(f->mem);
-    g_clear_pointer(&broken_why, g_free);
-    g_atomic_int_set(&notifications[0], 0);
-    g_atomic_int_set(&notifications[1], 0);
+    virtio_double_reset();
 }
 
 static FerryVirtioNetStats stats(Fixture *f)
@@ -318,7 +291,7 @@ static void test_tx(void)
 
     f.dev->ops->queue_notify(f.dev, 1);
     g_mutex_unlock(&f.dev->lock);
-    g_assert_cmpint(g_atomic_int_get(&notifications[1]), ==, 1); /* one per batch */
+    g_assert_cmpint(g_atomic_int_get(&virtio_double_notifications[1]), ==, 1); /* one per batch */
     uint16_t id;
     uint32_t len;
     uint16_t heads[3] = {h1, h2, h3};
@@ -338,7 +311,7 @@ static void test_tx(void)
     FerryVirtioNetStats st = stats(&f);
     g_assert_cmpuint(st.tx_frames, ==, 2);
     g_assert_cmpuint(st.tx_dropped, ==, 1);
-    g_assert_null(broken_why);
+    g_assert_null(virtio_double_broken_why);
     teardown(&f);
 }
 
@@ -377,7 +350,7 @@ static void test_tx_budget(void)
     g_mutex_unlock(&f.dev->lock);
     g_assert_true(wait_used(&f, &f.tx, 10));
     g_assert_cmpuint(stats(&f).tx_frames, ==, QSIZE + 10);
-    g_assert_cmpint(g_atomic_int_get(&notifications[1]), ==, 2);
+    g_assert_cmpint(g_atomic_int_get(&virtio_double_notifications[1]), ==, 2);
     teardown(&f);
 }
 
@@ -413,7 +386,7 @@ static void test_rx_single(void)
         check_rx_frame(&f, hva(&f, gpas[i]), sizes[i], 10 + i, 1);
     }
     g_assert_cmpuint(stats(&f).rx_frames, ==, 3);
-    g_assert_cmpint(g_atomic_int_get(&notifications[0]), >=, 1);
+    g_assert_cmpint(g_atomic_int_get(&virtio_double_notifications[0]), >=, 1);
     teardown(&f);
 }
 
@@ -468,7 +441,7 @@ static void test_rx_tiny_buffer(void)
     g_assert_cmpuint(len, ==, HDR + 90);
     check_rx_frame(&f, hva(&f, gpas[1]), 90, 8, 1);
     g_assert_cmpuint(stats(&f).rx_dropped, ==, 1);
-    g_assert_null(broken_why);
+    g_assert_null(virtio_double_broken_why);
     teardown(&f);
 }
 
