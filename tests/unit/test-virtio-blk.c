@@ -3,7 +3,7 @@
  * guest memory and a split ring built here, on a real I/O thread and io_uring.
  *
  * The transport's entry points the device calls (virtio.h) are replaced by the test
- * doubles below, which count virtio_double_total and record a broken device.
+ * doubles of virtio-double.c, which count notifications and record a broken device.
  */
 #include "virtio-double.h"
 #include "virtio/blk.h"

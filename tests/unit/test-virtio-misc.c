@@ -5,7 +5,7 @@
  * iterated by the test.
  *
  * The transport's entry points the devices call (virtio.h) are replaced by the test doubles
- * below, which count virtio_double_total and record a broken device.
+ * of virtio-double.c, which count notifications and record a broken device.
  */
 #include "virtio-double.h"
 #include "virtio/console.h"
