@@ -5,6 +5,7 @@
 #include "devices/device.h"
 #include "pci/pci.h"
 #include "util/log.h"
+#include "virtio/pci.h"
 
 #include <errno.h>
 #include <string.h>
@@ -16,11 +17,30 @@
 
 /* ---- the configuration a stream belongs to ----------------------------------------- */
 
+/* Summary items beyond memory, layout and vcpus: one per device, the rest merged. */
+#define IDENTITY_DEVICE_ITEMS (FERRY_STREAM_MAX_CONFIG_ITEMS - 3)
+
+/*
+ * The summary names every device on its own ("device disk0" = "virtio-blk, slot 3"), so a
+ * mismatch reads "device disk0: virtio-blk, slot 3 in the stream, absent here" rather than
+ * two long lists to compare; the digest covers the same text.
+ */
 typedef struct {
-    char *memory, *layout, *vcpus, *devices;
-    FerryStreamConfigItem items[4];
+    char *memory, *layout, *vcpus;
+    GPtrArray *strings; /* device keys and values, owned */
+    FerryStreamConfigItem items[FERRY_STREAM_MAX_CONFIG_ITEMS];
     FerryStreamConfig config;
 } StreamIdentity;
+
+/* "serial" for plain devices; "virtio-blk, slot 3" for a virtio-pci function. */
+static char *device_description(FerryDevice *d)
+{
+    FerryVirtioPci *vp = ferry_virtio_pci_from_device(d);
+    if (!vp)
+        return g_strdup(d->ops->kind);
+    return g_strdup_printf("%s, slot %u", ferry_virtio_pci_vdev(vp)->ops->kind,
+                           ferry_virtio_pci_slot(vp));
+}
 
 static void identity_init(StreamIdentity *id, FerryVm *vm)
 {
@@ -28,26 +48,49 @@ static void identity_init(StreamIdentity *id, FerryVm *vm)
     for (unsigned i = 0; i < vm->mem->nr_regions; i++)
         g_string_append_printf(layout, "%s0x%" G_GINT64_MODIFIER "x+0x%" G_GINT64_MODIFIER "x",
                                i ? "," : "", vm->mem->regions[i].gpa, vm->mem->regions[i].size);
-    GString *devices = g_string_new(NULL);
-    for (guint i = 0; i < vm->devices->len; i++) {
-        FerryDevice *d = g_ptr_array_index(vm->devices, i);
-        g_string_append_printf(devices, "%s%s:%s", i ? "," : "", d->id, d->ops->kind);
-    }
     id->memory = g_strdup_printf("%" G_GUINT64_FORMAT " MiB", vm->mem->total >> 20);
     id->layout = g_string_free(layout, FALSE);
     id->vcpus = g_strdup_printf("%u", vm->nr_vcpus);
-    id->devices = g_string_free(devices, FALSE);
     id->items[0] = (FerryStreamConfigItem){"memory", id->memory};
     id->items[1] = (FerryStreamConfigItem){"ram layout", id->layout};
     id->items[2] = (FerryStreamConfigItem){"vcpus", id->vcpus};
-    id->items[3] = (FerryStreamConfigItem){"devices", id->devices};
-    g_autofree char *canonical = g_strdup_printf("ferry-vm/1\nmemory=%s\nlayout=%s\nvcpus=%s\n"
-                                                 "devices=%s\n",
-                                                 id->memory, id->layout, id->vcpus,
-                                                 id->devices);
-    ferry_stream_config_digest(canonical, id->config.digest);
+    unsigned n = 3;
+
+    GString *canonical = g_string_new(NULL);
+    g_string_append_printf(canonical, "ferry-vm/2\nmemory=%s\nlayout=%s\nvcpus=%s\n", id->memory,
+                           id->layout, id->vcpus);
+    id->strings = g_ptr_array_new_with_free_func(g_free);
+    GString *rest = NULL; /* devices beyond the summary's capacity, in one item */
+    for (guint i = 0; i < vm->devices->len; i++) {
+        FerryDevice *d = g_ptr_array_index(vm->devices, i);
+        char *what = device_description(d);
+        g_string_append_printf(canonical, "device %s=%s\n", d->id, what);
+        if (i + 1 < IDENTITY_DEVICE_ITEMS || vm->devices->len == IDENTITY_DEVICE_ITEMS) {
+            char *key = g_strdup_printf("device %s", d->id);
+            g_ptr_array_add(id->strings, key);
+            g_ptr_array_add(id->strings, what);
+            id->items[n++] = (FerryStreamConfigItem){key, what};
+            continue;
+        }
+        if (!rest)
+            rest = g_string_new(NULL);
+        else
+            g_string_append(rest, "; ");
+        g_string_append_printf(rest, "%s: %s", d->id, what);
+        g_free(what);
+    }
+    if (rest) {
+        /* the digest still covers every device */
+        if (rest->len > FERRY_STREAM_MAX_CONFIG_VALUE)
+            g_string_truncate(rest, FERRY_STREAM_MAX_CONFIG_VALUE);
+        char *what = g_string_free(rest, FALSE);
+        g_ptr_array_add(id->strings, what);
+        id->items[n++] = (FerryStreamConfigItem){"more devices", what};
+    }
+    ferry_stream_config_digest(canonical->str, id->config.digest);
+    g_string_free(canonical, TRUE);
     id->config.items = id->items;
-    id->config.n_items = G_N_ELEMENTS(id->items);
+    id->config.n_items = n;
 }
 
 static void identity_clear(StreamIdentity *id)
@@ -55,7 +98,7 @@ static void identity_clear(StreamIdentity *id)
     g_free(id->memory);
     g_free(id->layout);
     g_free(id->vcpus);
-    g_free(id->devices);
+    g_ptr_array_unref(id->strings);
 }
 
 /* ---- saving ------------------------------------------------------------------------ */

@@ -307,16 +307,24 @@ def test_stats_net(spawn_vmm, netns, tmp_path):
 
 
 def test_powerdown(spawn_vmm, tmp_path):
-    """powerdown presses the ACPI power button: the test guest powers off,
-    every client hears shutdown/poweroff and ferry-vmm exits with 0."""
+    """powerdown presses the ACPI power button: pressed while paused, the
+    test guest sees it once resumed, powers off, every client hears
+    shutdown/poweroff and ferry-vmm exits with 0."""
     vm, c = start_guest(spawn_vmm, tmp_path, 'ferry.quiet ferry.heartbeat', cpus=2)
     watcher = Client(str(tmp_path / 'ctl.sock'))
     watcher.call('query-status')
-    assert c.call('powerdown') == {'jsonrpc': '2.0', 'result': None, 'id': 1}
+    c.call('pause')
+    assert c.call('powerdown') == {'jsonrpc': '2.0', 'result': None, 'id': 2}
+    time.sleep(1)
+    assert vm.running() and not vm.find_all(r'FERRY-GUEST-POWERBUTTON'), \
+        vm.diagnostics('the paused guest handled the button')
+    c.call('resume')
     vm.wait_for(r'^FERRY-GUEST-POWERBUTTON$', 30)
     assert vm.wait_exit(30) == 0
     for client in (c, watcher):
-        assert states(read_to_end(client)) == [{'status': 'shutdown', 'reason': 'poweroff'}]
+        assert states(read_to_end(client)) == [
+            {'status': 'paused'}, {'status': 'running'},
+            {'status': 'shutdown', 'reason': 'poweroff'}]
     vm.check_no_failures()
     watcher.close()
     c.close()

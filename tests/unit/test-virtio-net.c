@@ -5,7 +5,7 @@
  * bound to it: what it sends the device receives, and what the device transmits it reads.
  * Needs root (CAP_NET_ADMIN) and /dev/net/tun; skipped otherwise.
  *
- * The transport's entry points the device calls (virtio.h) are the test doubles below.
+ * The transport's entry points the device calls (virtio.h) are the test doubles of virtio-double.c.
  */
 #include "virtio-double.h"
 #include "virtio/net.h"
