@@ -44,10 +44,13 @@ gboolean ferry_vm_vcpu_gate(FerryVm *vm, FerryVcpu *vcpu)
     if (G_LIKELY(!g_atomic_int_get(&vm->gate_closed)))
         return TRUE;
     g_mutex_lock(&vm->lock);
-    while (vm->pausing && !vm->stopping) {
+    if (vm->pausing && !vm->stopping) {
+        /* Tell the main thread once, then sleep: broadcasting on every wake-up would have
+         * parked threads wake each other forever. */
         vm->nr_parked++;
         g_cond_broadcast(&vm->cond);
-        g_cond_wait(&vm->cond, &vm->lock);
+        while (vm->pausing && !vm->stopping)
+            g_cond_wait(&vm->cond, &vm->lock);
         vm->nr_parked--;
     }
     gboolean go_on = !vm->stopping;
