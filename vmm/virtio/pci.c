@@ -663,6 +663,7 @@ restore_msix:
     memcpy(vp->msix.entries, msix_backup.entries, sizeof(msix_backup.entries));
     vp->msix.pending = msix_backup.pending;
     g_mutex_unlock(&vp->msix.lock);
+    ferry_msix_config_written(&vp->msix); /* routes back to the restored entries */
     return FALSE;
 }
 
