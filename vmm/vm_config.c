@@ -120,12 +120,6 @@ static gboolean bad_value(GError **error, const char *option, const char *fmt, .
     return FALSE;
 }
 
-/* Splits "k=v,k=v" into pairs; a bare word is a key with value NULL. */
-static char **split_pairs(const char *text)
-{
-    return g_strsplit(text, ",", -1);
-}
-
 static gboolean parse_on_off(const char *option, const char *key, const char *value,
                              gboolean *out, GError **error)
 {
@@ -162,7 +156,7 @@ void ferry_disk_spec_clear(FerryDiskSpec *spec)
 gboolean ferry_disk_spec_parse(const char *text, FerryDiskSpec *spec, GError **error)
 {
     const char *opt = "--disk";
-    g_auto(GStrv) pairs = split_pairs(text);
+    g_auto(GStrv) pairs = g_strsplit(text, ",", -1); /* "k=v,k=v" */
     FerryDiskSpec s = {.slot = FERRY_PCI_SLOT_AUTO};
     for (char **p = pairs; *p; p++) {
         char *eq = strchr(*p, '=');
@@ -244,7 +238,7 @@ void ferry_net_spec_clear(FerryNetSpec *spec)
 gboolean ferry_net_spec_parse(const char *text, FerryNetSpec *spec, GError **error)
 {
     const char *opt = "--net";
-    g_auto(GStrv) pairs = split_pairs(text);
+    g_auto(GStrv) pairs = g_strsplit(text, ",", -1); /* "k=v,k=v" */
     FerryNetSpec s = {.fd = -1, .slot = FERRY_PCI_SLOT_AUTO};
     for (char **p = pairs; *p; p++) {
         char *eq = strchr(*p, '=');

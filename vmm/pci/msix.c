@@ -164,7 +164,8 @@ void ferry_msix_save(FerryMsix *m, FerryStateWriter *w)
     g_mutex_unlock(&m->lock);
 }
 
-gboolean ferry_msix_load(FerryMsix *m, FerryStateReader *r, GError **error)
+gboolean ferry_msix_read_state(const FerryMsix *m, FerryStateReader *r, FerryMsixState *state,
+                               GError **error)
 {
     uint8_t n;
     if (!ferry_state_get_u8(r, &n, error))
@@ -175,25 +176,29 @@ gboolean ferry_msix_load(FerryMsix *m, FerryStateReader *r, GError **error)
                     m->nr_vectors);
         return FALSE;
     }
-    FerryMsixEntry entries[FERRY_MSIX_MAX_VECTORS];
-    uint64_t pending;
+    memset(state, 0, sizeof(*state));
     for (unsigned v = 0; v < n; v++) {
-        if (!ferry_state_get_u32(r, &entries[v].addr_lo, error) ||
-            !ferry_state_get_u32(r, &entries[v].addr_hi, error) ||
-            !ferry_state_get_u32(r, &entries[v].data, error) ||
-            !ferry_state_get_u32(r, &entries[v].ctrl, error))
+        FerryMsixEntry *e = &state->entries[v];
+        if (!ferry_state_get_u32(r, &e->addr_lo, error) ||
+            !ferry_state_get_u32(r, &e->addr_hi, error) ||
+            !ferry_state_get_u32(r, &e->data, error) || !ferry_state_get_u32(r, &e->ctrl, error))
             return FALSE;
-        entries[v].ctrl &= MSIX_ENTRY_CTRL_MASKED;
+        e->ctrl &= MSIX_ENTRY_CTRL_MASKED;
     }
-    if (!ferry_state_get_u64(r, &pending, error))
+    if (!ferry_state_get_u64(r, &state->pending, error))
         return FALSE;
+    state->pending &= n == 64 ? ~0ULL : (1ULL << n) - 1;
+    return TRUE;
+}
+
+void ferry_msix_set_state(FerryMsix *m, const FerryMsixState *state)
+{
     g_mutex_lock(&m->lock);
-    memcpy(m->entries, entries, n * sizeof(entries[0]));
-    m->pending = pending & (n == 64 ? ~0ULL : (1ULL << n) - 1);
+    memcpy(m->entries, state->entries, m->nr_vectors * sizeof(state->entries[0]));
+    m->pending = state->pending;
     g_mutex_unlock(&m->lock);
     /* enable/function mask come from configuration space, loaded by the PCI host */
     ferry_msix_config_written(m);
-    return TRUE;
 }
 
 void ferry_msix_clear(FerryMsix *m)

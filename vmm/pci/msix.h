@@ -62,8 +62,21 @@ void ferry_msix_notify(FerryMsix *m, unsigned vector);
 /* Power-on state: disabled, every entry masked, nothing pending. */
 void ferry_msix_reset(FerryMsix *m);
 
-/* Table, PBA and enable state (the capability itself is in configuration space). */
+/* The table and PBA as saved (enable and function mask live in configuration space). */
+typedef struct {
+    FerryMsixEntry entries[FERRY_MSIX_MAX_VECTORS];
+    uint64_t pending;
+} FerryMsixState;
+
 void ferry_msix_save(FerryMsix *m, FerryStateWriter *w);
-gboolean ferry_msix_load(FerryMsix *m, FerryStateReader *r, GError **error);
+/*
+ * Reads a saved table and PBA into @state, checked against @m's vector count, without
+ * changing @m; ferry_msix_set_state() applies it (after the PCI configuration space, whose
+ * Message Control it reads).  Split so a device loading several parts changes nothing when
+ * a later part is bad.
+ */
+gboolean ferry_msix_read_state(const FerryMsix *m, FerryStateReader *r, FerryMsixState *state,
+                               GError **error);
+void ferry_msix_set_state(FerryMsix *m, const FerryMsixState *state);
 
 void ferry_msix_clear(FerryMsix *m);

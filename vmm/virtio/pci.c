@@ -96,7 +96,6 @@ struct FerryVirtioPci {
     TransportRegs regs; /* under vdev->lock */
     gint isr;           /* atomic: section 4.1.4.5 */
     uint64_t offered;   /* device features incl. the transport's */
-    uint32_t paused_kicks; /* queues notified while paused (bitmask) */
 
     /* Queue notification eventfds, one per queue, read on the I/O thread. */
     int notify_fd[FERRY_VIRTIO_MAX_QUEUES];
@@ -171,17 +170,12 @@ static gboolean queue_ready(FerryVirtioPci *vp, unsigned q)
            vp->regs.queues[q].enabled;
 }
 
-/* Lock held: hands queue @q to the device unless paused (then it is kept for resume). */
+/* Lock held: hands queue @q to the device unless paused (resume looks at every queue). */
 static void kick_queue(FerryVirtioPci *vp, unsigned q)
 {
     FerryVirtioDev *vdev = vp->vdev;
-    if (!queue_ready(vp, q))
-        return;
-    if (vdev->paused) {
-        vp->paused_kicks |= 1u << q;
-        return;
-    }
-    vdev->ops->queue_notify(vdev, q);
+    if (queue_ready(vp, q) && !vdev->paused)
+        vdev->ops->queue_notify(vdev, q);
 }
 
 static gboolean notify_ready(gint fd, GIOCondition cond, gpointer data)
@@ -229,23 +223,28 @@ static void set_ioeventfds(FerryVirtioPci *vp, uint64_t gpa, gboolean assign)
 
 /* ---- common configuration (vCPU threads, lock held) -------------------------------- */
 
+/* The registers after a reset (section 2.4); the configuration generation moves on. */
+static void init_regs(FerryVirtioPci *vp)
+{
+    uint8_t generation = vp->regs.config_generation;
+    memset(&vp->regs, 0, sizeof(vp->regs));
+    vp->regs.config_generation = generation + 1;
+    vp->regs.msix_config = VIRTIO_MSI_NO_VECTOR;
+    for (unsigned q = 0; q < vp->vdev->nr_queues; q++) {
+        vp->regs.queues[q].size = vp->vdev->queue_max_size[q];
+        vp->regs.queues[q].msix_vector = VIRTIO_MSI_NO_VECTOR;
+    }
+    g_atomic_int_set(&vp->isr, 0);
+}
+
 static void reset_transport(FerryVirtioPci *vp)
 {
     FerryVirtioDev *vdev = vp->vdev;
     vdev->ops->reset(vdev);
     for (unsigned q = 0; q < vdev->nr_queues; q++)
         ferry_virtq_reset(&vdev->vqs[q]);
-    uint8_t generation = vp->regs.config_generation;
-    memset(&vp->regs, 0, sizeof(vp->regs));
-    vp->regs.config_generation = generation + 1;
-    vp->regs.msix_config = VIRTIO_MSI_NO_VECTOR;
-    for (unsigned q = 0; q < vdev->nr_queues; q++) {
-        vp->regs.queues[q].size = vdev->queue_max_size[q];
-        vp->regs.queues[q].msix_vector = VIRTIO_MSI_NO_VECTOR;
-    }
     vdev->features = 0;
-    vp->paused_kicks = 0;
-    g_atomic_int_set(&vp->isr, 0);
+    init_regs(vp);
 }
 
 static void write_status(FerryVirtioPci *vp, uint8_t status)
@@ -523,7 +522,6 @@ static void vp_resume(FerryDevice *dev)
         vdev->paused = FALSE;
         if (vdev->ops->resume)
             vdev->ops->resume(vdev);
-        vp->paused_kicks = 0;
     }
     g_mutex_unlock(&vdev->lock);
     kick_all_later(vp); /* spurious notifications are harmless */
@@ -619,29 +617,41 @@ static gboolean vp_load(FerryDevice *dev, const uint8_t *data, size_t len, GErro
         if (!ferry_virtq_load(&vqs[q], &r, error))
             return FALSE;
     }
-    /* MSI-X and the device come last; both are all-or-nothing. */
-    FerryMsix msix_backup;
-    g_mutex_lock(&vp->msix.lock);
-    memcpy(msix_backup.entries, vp->msix.entries, sizeof(msix_backup.entries));
-    msix_backup.pending = vp->msix.pending;
-    g_mutex_unlock(&vp->msix.lock);
-    if (!ferry_msix_load(&vp->msix, &r, error) || !ferry_state_get_u8(&r, &dev_version, error))
-        goto restore_msix;
+    /* MSI-X is read here and applied with the rest; the device's load is all-or-nothing. */
+    FerryMsixState msix;
+    if (!ferry_msix_read_state(&vp->msix, &r, &msix, error) ||
+        !ferry_state_get_u8(&r, &dev_version, error))
+        return FALSE;
     if (dev_version < 1 || dev_version > vdev->ops->state_version) {
         g_set_error(error, FERRY_STATE_ERROR, FERRY_STATE_ERROR_VERSION,
                     "%s: device state version %u; this build reads 1 to %u", vdev->id,
                     dev_version, vdev->ops->state_version);
-        goto restore_msix;
+        return FALSE;
     }
     g_mutex_lock(&vdev->lock);
-    if (vdev->ops->load && !vdev->ops->load(vdev, dev_version, &r, error)) {
+    if (vdev->ops->load) {
+        /* Trailing bytes show only after the device's load: keep its state to put back. */
+        g_autoptr(GByteArray) before = g_byte_array_new();
+        FerryStateWriter bw = {before};
+        if (vdev->ops->save)
+            vdev->ops->save(vdev, &bw);
+        if (!vdev->ops->load(vdev, dev_version, &r, error)) {
+            g_mutex_unlock(&vdev->lock);
+            return FALSE;
+        }
+        if (!ferry_state_reader_finish(&r, error)) {
+            FerryStateReader br;
+            ferry_state_reader_init(&br, before->data, before->len, vdev->id);
+            if (vdev->ops->save && !vdev->ops->load(vdev, vdev->ops->state_version, &br, NULL))
+                ferry_log("%s: cannot put back the device state after a failed load", vdev->id);
+            g_mutex_unlock(&vdev->lock);
+            return FALSE;
+        }
+    } else if (!ferry_state_reader_finish(&r, error)) {
         g_mutex_unlock(&vdev->lock);
-        goto restore_msix;
+        return FALSE;
     }
-    if (!ferry_state_reader_finish(&r, error)) {
-        g_mutex_unlock(&vdev->lock);
-        goto restore_msix;
-    }
+    ferry_msix_set_state(&vp->msix, &msix);
     vp->regs = t;
     vdev->features = features;
     memcpy(vdev->vqs, vqs, vdev->nr_queues * sizeof(vqs[0]));
@@ -657,14 +667,6 @@ static gboolean vp_load(FerryDevice *dev, const uint8_t *data, size_t len, GErro
     }
     g_mutex_unlock(&vdev->lock);
     return TRUE;
-
-restore_msix:
-    g_mutex_lock(&vp->msix.lock);
-    memcpy(vp->msix.entries, msix_backup.entries, sizeof(msix_backup.entries));
-    vp->msix.pending = msix_backup.pending;
-    g_mutex_unlock(&vp->msix.lock);
-    ferry_msix_config_written(&vp->msix); /* routes back to the restored entries */
-    return FALSE;
 }
 
 static void vp_free(FerryDevice *dev)
@@ -762,12 +764,7 @@ FerryVirtioPci *ferry_virtio_pci_new(FerryVirtioDev *vdev, const char *id, Ferry
     if (vdev->config_size)
         add_virtio_cap(&vp->pci, VIRTIO_PCI_CAP_DEVICE_CFG, DEVICE_OFFSET, vdev->config_size,
                        FALSE);
-    memset(&vp->regs, 0, sizeof(vp->regs));
-    vp->regs.msix_config = VIRTIO_MSI_NO_VECTOR;
-    for (unsigned q = 0; q < vdev->nr_queues; q++) {
-        vp->regs.queues[q].size = vdev->queue_max_size[q];
-        vp->regs.queues[q].msix_vector = VIRTIO_MSI_NO_VECTOR;
-    }
+    init_regs(vp);
 
     g_autofree char *thread_name = g_strdup_printf("io-%s", id);
     if (!ferry_msix_init(&vp->msix, &vp->pci, routing, 1 + vdev->nr_queues, MSIX_BAR,
@@ -793,8 +790,7 @@ FerryVirtioPci *ferry_virtio_pci_new(FerryVirtioDev *vdev, const char *id, Ferry
         goto fail;
     if (!ferry_pci_host_add(host, &vp->pci, slot, error))
         goto fail;
-    /* BARs were assigned with decoding off; nothing to map until the guest enables it. */
-    return vp;
+    return vp; /* its BARs decode from here on: the notify ioeventfds are registered */
 fail:
     g_prefix_error(error, "%s: ", id);
     g_clear_pointer(&vp->dev.id, g_free);
