@@ -11,6 +11,7 @@
 
 #include <glib.h>
 #include <stdint.h>
+#include <string.h>
 
 #define FERRY_STATE_ERROR (ferry_state_error_quark())
 GQuark ferry_state_error_quark(void);
@@ -20,6 +21,50 @@ typedef enum {
     FERRY_STATE_ERROR_VERSION,   /* a section version this build cannot read */
     FERRY_STATE_ERROR_INVALID,   /* a value out of its allowed range */
 } FerryStateError;
+
+/*
+ * Little-endian stores and loads at @p, for fixed layouts whose length the caller has already
+ * checked (a record header in a buffer, a payload after its length was validated).  Use the
+ * writer and reader below for anything read field by field from untrusted input.
+ */
+static inline void ferry_le_store16(uint8_t *p, uint16_t v)
+{
+    v = GUINT16_TO_LE(v);
+    memcpy(p, &v, sizeof(v));
+}
+
+static inline void ferry_le_store32(uint8_t *p, uint32_t v)
+{
+    v = GUINT32_TO_LE(v);
+    memcpy(p, &v, sizeof(v));
+}
+
+static inline void ferry_le_store64(uint8_t *p, uint64_t v)
+{
+    v = GUINT64_TO_LE(v);
+    memcpy(p, &v, sizeof(v));
+}
+
+static inline uint16_t ferry_le_load16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, sizeof(v));
+    return GUINT16_FROM_LE(v);
+}
+
+static inline uint32_t ferry_le_load32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof(v));
+    return GUINT32_FROM_LE(v);
+}
+
+static inline uint64_t ferry_le_load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return GUINT64_FROM_LE(v);
+}
 
 /* Appends fields to @buf (not owned). */
 typedef struct {
