@@ -97,7 +97,6 @@ static void fixture_clear(Fixture *f)
     g_free(f->path);
     g_free(f->dir);
     virtio_double_reset();
-    
 }
 
 /* Wires @dev as the transport would: memory, I/O thread, realize, queue, features, activate. */
@@ -297,7 +296,7 @@ static gboolean all_zero(const uint8_t *p, size_t len)
     return TRUE;
 }
 
-static gboolean page_dirty(FerryGuestMemory *mem, uint64_t gpa, uint64_t *bits)
+static gboolean page_dirty(uint64_t gpa, const uint64_t *bits)
 {
     uint64_t page = gpa / 4096;
     return (bits[page / 64] >> (page % 64)) & 1;
@@ -494,9 +493,9 @@ static void test_write_read(void)
     g_assert_cmpmem(hva(&f, r.data_gpa), 4096, buf, 4096);
     g_assert_cmpmem(hva(&f, second), 4096, buf + 4096, 4096);
     ferry_guest_memory_take_vmm_dirty(f.mem, 0, bits);
-    g_assert_true(page_dirty(f.mem, r.data_gpa, bits));
-    g_assert_true(page_dirty(f.mem, second, bits));
-    g_assert_true(page_dirty(f.mem, STAT_GPA, bits));
+    g_assert_true(page_dirty(r.data_gpa, bits));
+    g_assert_true(page_dirty(second, bits));
+    g_assert_true(page_dirty(STAT_GPA, bits));
 
     /* The last sector. */
     Req w2 = build(&f, T_OUT, DISK_SECTORS - 1, 512, FALSE);

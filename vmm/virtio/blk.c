@@ -14,18 +14,15 @@
 #include "virtio/blk.h"
 
 #include "util/log.h"
+#include "virtio/blk_image.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <gio/gio.h>
 #include <glib-unix.h>
 #include <linux/falloc.h>
-#include <linux/fs.h>
 #include <liburing.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define SECTOR_SHIFT 9
@@ -123,8 +120,7 @@ struct FerryVirtioBlk {
     char *path;
     char *serial; /* NULL or at most FERRY_DISK_SERIAL_MAX bytes */
     gboolean readonly;
-    gboolean is_blockdev;
-    int fd;
+    int fd;            /* the image, locked (blk_image.h) */
     uint64_t capacity; /* sectors */
     uint8_t config[CFG_SIZE];
 
@@ -385,14 +381,20 @@ static gboolean blk_req_prep(FerryVirtioBlk *blk, BlkReq *req)
     return TRUE;
 }
 
-static void blk_req_start(FerryVirtioBlk *blk, BlkReq *req, BlkOp op)
+/* (Re)queues the current operation of @req, or fails the request if it cannot. */
+static void blk_req_queue(FerryVirtioBlk *blk, BlkReq *req)
 {
-    req->op = op;
-    req->retries = 0;
     if (!blk_req_prep(blk, req)) {
         blk_log_error(blk, "queueing a request", req->offset, EBUSY);
         blk_req_complete(blk, req, VIRTIO_BLK_S_IOERR, blk_req_written(req));
     }
+}
+
+static void blk_req_start(FerryVirtioBlk *blk, BlkReq *req, BlkOp op)
+{
+    req->op = op;
+    req->retries = 0;
+    blk_req_queue(blk, req);
 }
 
 /* DISCARD / WRITE_ZEROES: the next non-empty range, the final fdatasync, or completion. */
@@ -436,7 +438,7 @@ static gboolean blk_req_fallocate_fallback(FerryVirtioBlk *blk, BlkReq *req, int
     return TRUE;
 }
 
-/* Moves the data iovecs of @req past @n transferred bytes. */
+/* Moves @req past @n transferred bytes: its offset, and its data iovecs (none for zeroes). */
 static void blk_req_advance(BlkReq *req, uint64_t n)
 {
     req->offset += n;
@@ -460,8 +462,7 @@ static void blk_req_done(FerryVirtioBlk *blk, BlkReq *req, int res)
         return;
     }
     if ((res == -EAGAIN || res == -EINTR) && ++req->retries < BLK_MAX_RETRIES) {
-        if (!blk_req_prep(blk, req))
-            blk_req_complete(blk, req, VIRTIO_BLK_S_IOERR, blk_req_written(req));
+        blk_req_queue(blk, req);
         return;
     }
     static const char *const names[] = {[OP_READ] = "reading",
@@ -487,15 +488,9 @@ static void blk_req_done(FerryVirtioBlk *blk, BlkReq *req, int res)
             blk_req_complete(blk, req, VIRTIO_BLK_S_IOERR, blk_req_written(req));
             return;
         }
-        if (req->op == OP_ZERO_WRITE) {
-            req->offset += (uint64_t) res;
-            req->remaining -= MIN((uint64_t) res, req->remaining);
-        } else {
-            blk_req_advance(req, MIN((uint64_t) res, req->remaining));
-        }
+        blk_req_advance(req, MIN((uint64_t) res, req->remaining));
         if (req->remaining > 0) {
-            if (!blk_req_prep(blk, req))
-                blk_req_complete(blk, req, VIRTIO_BLK_S_IOERR, blk_req_written(req));
+            blk_req_queue(blk, req); /* the rest of a short transfer */
         } else if (req->op == OP_ZERO_WRITE) {
             req->range_idx++;
             blk_req_next_range(blk, req);
@@ -610,7 +605,6 @@ static void blk_start_dwz(FerryVirtioBlk *blk, BlkReq *req)
 static gboolean blk_handle(FerryVirtioBlk *blk, BlkReq *req)
 {
     FerryVirtqElement *e = req->elem;
-    req->type = UINT32_MAX;
     if (e->out_bytes < REQ_HEADER_SIZE) {
         g_autofree char *why = g_strdup_printf("virtio-blk request header is %" G_GUINT64_FORMAT
                                                " bytes, the driver must send %d "
@@ -764,7 +758,7 @@ static gboolean blk_realize(FerryVirtioDev *dev, GError **error)
 {
     FerryVirtioBlk *blk = to_blk(dev);
     blk->source = g_unix_fd_source_new(blk->efd, G_IO_IN);
-    g_source_set_callback(blk->source, (GSourceFunc) (void (*)(void)) blk_ring_ready, blk, NULL);
+    g_source_set_callback(blk->source, G_SOURCE_FUNC(blk_ring_ready), blk, NULL);
     g_source_attach(blk->source, ferry_iothread_context(dev->io));
     return TRUE;
 }
@@ -888,127 +882,6 @@ static const FerryVirtioDeviceOps blk_ops = {
 
 /* ---- creation ---- */
 
-static const char *file_type_name(mode_t mode)
-{
-    if (S_ISDIR(mode))
-        return "a directory";
-    if (S_ISCHR(mode))
-        return "a character device";
-    if (S_ISFIFO(mode))
-        return "a FIFO";
-    if (S_ISSOCK(mode))
-        return "a socket";
-    return "not a regular file";
-}
-
-/* Opens the image as @blk->readonly asks, with messages saying what to do on failure. */
-static gboolean blk_open(FerryVirtioBlk *blk, GError **error)
-{
-    const char *path = blk->path;
-    struct stat st;
-    if (stat(path, &st) < 0) {
-        int err = errno;
-        if (err == ENOENT)
-            g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
-                        "disk image '%s' does not exist: create it with 'truncate -s SIZE %s' "
-                        "or 'qemu-img create -f raw %s SIZE'",
-                        path, path, path);
-        else
-            g_set_error(error, G_IO_ERROR, g_io_error_from_errno(err),
-                        "cannot access disk image '%s': %s", path, g_strerror(err));
-        return FALSE;
-    }
-    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_REGULAR_FILE,
-                    "disk image '%s' is %s: give a raw image file or a block device", path,
-                    file_type_name(st.st_mode));
-        return FALSE;
-    }
-    int flags = (blk->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY;
-    blk->fd = open(path, flags);
-    if (blk->fd < 0) {
-        int err = errno;
-        gboolean readable = access(path, R_OK) == 0;
-        if (!blk->readonly && (err == EROFS || ((err == EACCES || err == EPERM) && readable))) {
-            g_set_error(error, G_IO_ERROR, G_IO_ERROR_READ_ONLY,
-                        "disk image '%s' is read-only (%s): add readonly=on to --disk, or "
-                        "make it writable (chmod u+w '%s')",
-                        path, g_strerror(err), path);
-        } else if (err == EACCES || err == EPERM) {
-            g_set_error(error, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED,
-                        "permission denied opening disk image '%s' for %s: check its mode and "
-                        "owner, and the permissions of its directories",
-                        path, blk->readonly ? "reading" : "reading and writing");
-        } else {
-            g_set_error(error, G_IO_ERROR, g_io_error_from_errno(err),
-                        "cannot open disk image '%s': %s", path, g_strerror(err));
-        }
-        return FALSE;
-    }
-    /* Check what was opened, not what stat() saw. */
-    if (fstat(blk->fd, &st) < 0) {
-        int err = errno;
-        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(err),
-                    "cannot stat disk image '%s': %s", path, g_strerror(err));
-        return FALSE;
-    }
-    uint64_t size;
-    if (S_ISBLK(st.st_mode)) {
-        blk->is_blockdev = TRUE;
-        if (ioctl(blk->fd, BLKGETSIZE64, &size) < 0) {
-            int err = errno;
-            g_set_error(error, G_IO_ERROR, g_io_error_from_errno(err),
-                        "cannot get the size of block device '%s': %s", path, g_strerror(err));
-            return FALSE;
-        }
-    } else if (S_ISREG(st.st_mode)) {
-        size = (uint64_t) st.st_size;
-    } else {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_REGULAR_FILE,
-                    "disk image '%s' is %s: give a raw image file or a block device", path,
-                    file_type_name(st.st_mode));
-        return FALSE;
-    }
-    if (size == 0) {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
-                    "disk image '%s' is empty: give it a size with 'truncate -s SIZE %s'", path,
-                    path);
-        return FALSE;
-    }
-    if (size % SECTOR_SIZE) {
-        uint64_t up = (size + SECTOR_SIZE - 1) / SECTOR_SIZE * SECTOR_SIZE;
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
-                    "disk image '%s' is %" G_GUINT64_FORMAT " bytes, not a multiple of 512: "
-                    "a raw image must hold whole sectors (round it up with "
-                    "'truncate -s %" G_GUINT64_FORMAT " %s')",
-                    path, size, up, path);
-        return FALSE;
-    }
-    blk->capacity = size >> SECTOR_SHIFT;
-
-    /* One writer or many readers per image, across processes (open file description lock). */
-    struct flock fl = {
-        .l_type = blk->readonly ? F_RDLCK : F_WRLCK,
-        .l_whence = SEEK_SET,
-        .l_start = 0,
-        .l_len = 0,
-    };
-    if (fcntl(blk->fd, F_OFD_SETLK, &fl) < 0) {
-        int err = errno;
-        if (err == EAGAIN || err == EACCES)
-            g_set_error(error, G_IO_ERROR, G_IO_ERROR_BUSY,
-                        "disk image '%s' is in use: another process holds a%s lock on it; "
-                        "stop that VM first (an image is shared only if every VM opens it "
-                        "with readonly=on)",
-                        path, blk->readonly ? "n exclusive (read-write)" : "");
-        else
-            g_set_error(error, G_IO_ERROR, g_io_error_from_errno(err),
-                        "cannot lock disk image '%s': %s", path, g_strerror(err));
-        return FALSE;
-    }
-    return TRUE;
-}
-
 static void blk_fill_config(FerryVirtioBlk *blk)
 {
     uint8_t *c = blk->config;
@@ -1038,7 +911,8 @@ FerryVirtioDev *ferry_virtio_blk_new(const FerryDiskSpec *spec, GError **error)
     if (spec->serial && spec->serial[0])
         blk->serial = g_strndup(spec->serial, FERRY_DISK_SERIAL_MAX);
 
-    if (!blk_open(blk, error))
+    blk->fd = ferry_blk_image_open(blk->path, blk->readonly, &blk->capacity, error);
+    if (blk->fd < 0)
         goto fail;
     blk_fill_config(blk);
 

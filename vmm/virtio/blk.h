@@ -19,20 +19,15 @@
 #define FERRY_VIRTIO_BLK_QUEUE_SIZE 256 /* entries of the request queue */
 
 /*
- * Opens the raw image @spec->path (read-only with @spec->readonly, else read-write), takes
- * an open-file-description lock on it (shared for read-only, exclusive for read-write, so
- * two VMs never write one image) and sets up the io_uring.  @spec is only read here.
+ * Opens and locks the raw image @spec->path with ferry_blk_image_open() (blk_image.h: shared
+ * lock for @spec->readonly, exclusive otherwise) and sets up the io_uring.  @spec is only
+ * read here.
  *
  * Returns the device, ready for ferry_virtio_pci_new() (which takes ownership; it is
  * freed with its ops->free).  Errors are G_IO_ERROR with a message naming the image and
- * what to do:
- *   G_IO_ERROR_NOT_FOUND           the image does not exist
- *   G_IO_ERROR_NOT_REGULAR_FILE    neither a regular file nor a block device
- *   G_IO_ERROR_PERMISSION_DENIED   no permission to open it as asked
- *   G_IO_ERROR_READ_ONLY           a read-only file or file system without readonly=on
- *   G_IO_ERROR_INVALID_DATA        its size is 0 or not a multiple of 512 bytes
- *   G_IO_ERROR_BUSY                another process (VM) holds a conflicting lock
- *   G_IO_ERROR_FAILED and others   any other system error (io_uring unavailable, ...)
+ * what to do: those of ferry_blk_image_open() (NOT_FOUND, NOT_REGULAR_FILE,
+ * PERMISSION_DENIED, READ_ONLY, INVALID_DATA, BUSY, ...), or the system error of setting up
+ * the io_uring and its eventfd (io_uring unavailable, ...).
  */
 FerryVirtioDev *ferry_virtio_blk_new(const FerryDiskSpec *spec, GError **error);
 
@@ -42,7 +37,8 @@ uint64_t ferry_virtio_blk_capacity(FerryVirtioDev *dev);
 /*
  * Request counters of a virtio-blk device since it was created (not reset with the machine,
  * not saved with its state).  A request counts when its status is written back to the
- * driver (section 5.2.6); requests dropped by a device reset do not count.
+ * driver (section 5.2.6); requests dropped by a device reset or completed while the device
+ * is broken do not count.
  */
 typedef struct {
     uint64_t read_requests;  /* VIRTIO_BLK_T_IN, any status */

@@ -73,8 +73,8 @@ typedef struct {
                          uint32_t len);
     /*
      * Called once when the transport has set @mem and @io (before the guest runs): attach
-     * the device's own sources (io_uring eventfd, TAP fd) to the I/O thread's context,
-     * disabled until activate().  May be NULL.
+     * the device's own sources (io_uring eventfd, TAP fd) to the I/O thread's context; they
+     * must not touch queues before activate().  May be NULL.
      */
     gboolean (*realize)(FerryVirtioDev *dev, GError **error);
     /*
