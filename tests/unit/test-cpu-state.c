@@ -252,14 +252,14 @@ static GHashTable *blob_msrs(const GByteArray *blob)
     size_t pos = 5;
     while (pos < blob->len) {
         uint8_t type = blob->data[pos];
-        uint32_t len = ferry_x86_le32(blob->data + pos + 1);
+        uint32_t len = ferry_le_load32(blob->data + pos + 1);
         const uint8_t *p = blob->data + pos + 5;
         if (type == 7) {
-            uint32_t n = ferry_x86_le32(p);
+            uint32_t n = ferry_le_load32(p);
             for (uint32_t i = 0; i < n; i++) {
                 uint64_t *v = g_new(uint64_t, 1);
-                *v = ferry_x86_le64(p + 4 + 12 * i + 4);
-                g_hash_table_insert(h, GUINT_TO_POINTER(ferry_x86_le32(p + 4 + 12 * i)), v);
+                *v = ferry_le_load64(p + 4 + 12 * i + 4);
+                g_hash_table_insert(h, GUINT_TO_POINTER(ferry_le_load32(p + 4 + 12 * i)), v);
             }
         }
         pos += 5 + len;
@@ -484,7 +484,7 @@ static GArray *record_offsets(const GByteArray *blob)
     size_t pos = 5;
     while (pos < blob->len) {
         g_array_append_val(o, pos);
-        pos += 5 + ferry_x86_le32(blob->data + pos + 1);
+        pos += 5 + ferry_le_load32(blob->data + pos + 1);
     }
     g_assert_cmpuint(pos, ==, blob->len);
     return o;
@@ -590,11 +590,38 @@ static GByteArray *rewrite(const GByteArray *blob, uint8_t type, const void *pay
             if (payload)
                 ferry_x86_record_put(&w, t, payload, len);
         } else {
-            ferry_x86_record_put(&w, t, blob->data + at + 5, ferry_x86_le32(blob->data + at + 1));
+            ferry_x86_record_put(&w, t, blob->data + at + 5, ferry_le_load32(blob->data + at + 1));
         }
     }
     ferry_x86_records_end(&w, mark);
     return out;
+}
+
+/*
+ * Gives @source distinctive state and @target a recognisable one, saves @source with @save and
+ * runs check_corruption() of that blob against @target; returns the blob.
+ */
+static GByteArray *save_and_check_corruption(TestVm *source, TestVm *target,
+                                             GByteArray *(*save)(TestVm *t), LoadFn load)
+{
+    make_distinctive(source);
+    mark_target(target);
+    GByteArray *blob = save(source);
+    check_corruption(target, load, blob);
+    return blob;
+}
+
+/* An MSRS payload of SYSENTER_CS = 0x10 and MSR @index = @value. */
+static GByteArray *two_msrs(uint32_t index, uint64_t value)
+{
+    GByteArray *msrs = g_byte_array_new();
+    FerryStateWriter w = {.buf = msrs};
+    ferry_state_put_u32(&w, 2);
+    ferry_state_put_u32(&w, 0x174);
+    ferry_state_put_u64(&w, 0x10);
+    ferry_state_put_u32(&w, index);
+    ferry_state_put_u64(&w, value);
+    return msrs;
 }
 
 static void test_vcpu_corrupt(void)
@@ -603,30 +630,15 @@ static void test_vcpu_corrupt(void)
     if (!a)
         return;
     g_autoptr(TestVm) b = test_vm_new();
-    make_distinctive(a);
-    mark_target(b);
-    g_autoptr(GByteArray) blob = save_vcpu(a);
-    check_corruption(b, load_vcpu, blob);
+    g_autoptr(GByteArray) blob = save_and_check_corruption(a, b, save_vcpu, load_vcpu);
 
     /* An MSR this KVM does not know is named. */
-    g_autoptr(GByteArray) msrs = g_byte_array_new();
-    FerryStateWriter w = {.buf = msrs};
-    ferry_state_put_u32(&w, 2);
-    ferry_state_put_u32(&w, 0x174);
-    ferry_state_put_u64(&w, 0x10);
-    ferry_state_put_u32(&w, 0xdeadbeef);
-    ferry_state_put_u64(&w, 1);
+    g_autoptr(GByteArray) msrs = two_msrs(0xdeadbeef, 1);
     g_autoptr(GByteArray) unknown = rewrite(blob, 7, msrs->data, msrs->len);
     expect_rejected(b, load_vcpu, unknown->data, unknown->len, "MSR 0xdeadbeef");
 
     /* A repeated MSR, an MSR count beyond the record, a huge count. */
-    g_autoptr(GByteArray) twice = g_byte_array_new();
-    w.buf = twice;
-    ferry_state_put_u32(&w, 2);
-    ferry_state_put_u32(&w, 0x174);
-    ferry_state_put_u64(&w, 0x10);
-    ferry_state_put_u32(&w, 0x174);
-    ferry_state_put_u64(&w, 0x10);
+    g_autoptr(GByteArray) twice = two_msrs(0x174, 0x10);
     g_autoptr(GByteArray) dup = rewrite(blob, 7, twice->data, twice->len);
     expect_rejected(b, load_vcpu, dup->data, dup->len, "twice");
     twice->data[0] = 3;
@@ -648,9 +660,7 @@ static void test_vcpu_corrupt(void)
     g_autoptr(GByteArray) extra = rewrite(blob, 0, NULL, 0);
     FerryStateWriter ew = {.buf = extra};
     ferry_x86_record_put(&ew, 0x42, "x", 1);
-    uint32_t body = ferry_x86_le32(extra->data + 1) + 6;
-    for (unsigned i = 0; i < 4; i++)
-        extra->data[1 + i] = (uint8_t) (body >> (8 * i));
+    ferry_le_store32(extra->data + 1, ferry_le_load32(extra->data + 1) + 6);
     expect_rejected(b, load_vcpu, extra->data, extra->len, "unknown type");
 
     /* The untouched blob still loads (the rewrites above are what made them fail). */
@@ -669,10 +679,7 @@ static void test_vm_corrupt(void)
     if (!a)
         return;
     g_autoptr(TestVm) b = test_vm_new();
-    make_distinctive(a);
-    mark_target(b);
-    g_autoptr(GByteArray) blob = save_vm(a);
-    check_corruption(b, load_vm, blob);
+    g_autoptr(GByteArray) blob = save_and_check_corruption(a, b, save_vm, load_vm);
 
     struct kvm_pit_state2 pit;
     g_assert_cmpint(ioctl(a->kvm->vm_fd, KVM_GET_PIT2, &pit), ==, 0);

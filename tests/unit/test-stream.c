@@ -245,6 +245,31 @@ static void assert_read_fails(GBytes *bytes, FerryStreamError code, const char *
 }
 
 /*
+ * A forward stream of CONFIG (if @with_config), one record of @type with @payload and a
+ * correct END must fail with @code and a message containing @fragment (nullable).
+ */
+static void expect_record_fails(gboolean with_config, unsigned type, const void *payload,
+                                size_t len, FerryStreamError code, const char *fragment)
+{
+    g_autoptr(GArray) recs = with_config ? raw_with_config() : raw_records_new();
+    raw_add(recs, type, payload, len);
+    g_autoptr(GBytes) b = raw_stream(1, 0, recs, TRUE);
+    assert_read_fails(b, code, fragment);
+}
+
+/* The preamble, CONFIG and then only the header of a record: no payload follows. */
+static GBytes *header_only_stream(uint32_t flags, unsigned type, uint16_t rflags,
+                                  uint32_t len_field, const uint8_t *payload, size_t len)
+{
+    g_autoptr(GArray) recs = raw_with_config();
+    g_autoptr(GBytes) head = raw_stream(1, flags, recs, FALSE);
+    GByteArray *s = g_byte_array_new();
+    g_byte_array_append(s, g_bytes_get_data(head, NULL), (guint) g_bytes_get_size(head));
+    raw_append_record(s, type, rflags, len_field, payload, len);
+    return g_byte_array_free_to_bytes(s);
+}
+
+/*
  * A small stream with every forward record type: CONFIG, ROUND, SECTION, a sparse RAM batch
  * with zero pages and one data page, a final ROUND, a section, END.
  */
@@ -750,16 +775,10 @@ static void test_bad_preamble(void)
     assert_read_fails(empty, FERRY_STREAM_ERROR_TRUNCATED, NULL);
 
     /* The first record must be CONFIG, and only the first. */
-    g_autoptr(GArray) no_cfg = raw_records_new();
     uint8_t round[8] = {0};
-    raw_add(no_cfg, 4, round, 8);
-    g_autoptr(GBytes) s1 = raw_stream(1, 0, no_cfg, TRUE);
-    assert_read_fails(s1, FERRY_STREAM_ERROR_INVALID, "instead of CONFIG");
-    g_autoptr(GArray) two_cfg = raw_with_config();
+    expect_record_fails(FALSE, 4, round, 8, FERRY_STREAM_ERROR_INVALID, "instead of CONFIG");
     g_autoptr(GByteArray) cfg = config_a_payload();
-    raw_add(two_cfg, 1, cfg->data, cfg->len);
-    g_autoptr(GBytes) s2 = raw_stream(1, 0, two_cfg, TRUE);
-    assert_read_fails(s2, FERRY_STREAM_ERROR_INVALID, "second CONFIG");
+    expect_record_fails(TRUE, 1, cfg->data, cfg->len, FERRY_STREAM_ERROR_INVALID, "second CONFIG");
 }
 
 static void test_config_mismatch(void)
@@ -819,15 +838,11 @@ static void test_oversized(void)
         {0x7fff, 25},
     };
     for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
-        g_autoptr(GArray) recs = raw_with_config();
-        g_autoptr(GBytes) head = raw_stream(1, cases[i].type == 5, recs, FALSE);
-        g_autoptr(GByteArray) s = g_byte_array_new();
-        g_byte_array_append(s, g_bytes_get_data(head, NULL), (guint) g_bytes_get_size(head));
         /* Only the header: a reader that allocated or waited for the payload would fail
          * differently (TRUNCATED). */
         uint8_t pad[64] = {0};
-        raw_append_record(s, cases[i].type, 0, cases[i].len, pad, 0);
-        g_autoptr(GBytes) bytes = g_byte_array_free_to_bytes(g_steal_pointer(&s));
+        g_autoptr(GBytes) bytes =
+            header_only_stream(cases[i].type == 5, cases[i].type, 0, cases[i].len, pad, 0);
         g_autoptr(GError) error = NULL;
         FerryStreamConfig c;
         config_a(&c);
@@ -837,30 +852,20 @@ static void test_oversized(void)
     }
 
     /* The same header with record flags set: from a newer writer. */
-    g_autoptr(GArray) recs = raw_with_config();
-    g_autoptr(GBytes) head = raw_stream(1, 0, recs, FALSE);
-    g_autoptr(GByteArray) s = g_byte_array_new();
-    g_byte_array_append(s, g_bytes_get_data(head, NULL), (guint) g_bytes_get_size(head));
     uint8_t round[8] = {0};
-    raw_append_record(s, 4, 0x8000, 8, round, 8);
-    g_autoptr(GBytes) bytes = g_byte_array_free_to_bytes(g_steal_pointer(&s));
+    g_autoptr(GBytes) bytes = header_only_stream(0, 4, 0x8000, 8, round, 8);
     assert_read_fails(bytes, FERRY_STREAM_ERROR_VERSION, "flags 0x8000");
 }
 
 static void test_unknown_record(void)
 {
-    g_autoptr(GArray) recs = raw_with_config();
-    raw_add(recs, 0x42, "abc", 3);
-    g_autoptr(GBytes) b1 = raw_stream(1, 0, recs, TRUE);
-    assert_read_fails(b1, FERRY_STREAM_ERROR_UNKNOWN_RECORD, "type 66");
+    expect_record_fails(TRUE, 0x42, "abc", 3, FERRY_STREAM_ERROR_UNKNOWN_RECORD, "type 66");
 
-    g_autoptr(GArray) recs2 = raw_with_config();
     uint8_t req[24] = {0};
     put_le(req, 1, 4);
     put_le(req + 16, PAGE, 8);
-    raw_add(recs2, 5, req, sizeof(req));
-    g_autoptr(GBytes) b2 = raw_stream(1, 0, recs2, TRUE);
-    assert_read_fails(b2, FERRY_STREAM_ERROR_UNKNOWN_RECORD, "PAGE_REQUEST");
+    expect_record_fails(TRUE, 5, req, sizeof(req), FERRY_STREAM_ERROR_UNKNOWN_RECORD,
+                        "PAGE_REQUEST");
 }
 
 static void test_end_checks(void)
@@ -917,10 +922,7 @@ static void test_end_checks(void)
     g_autoptr(GBytes) b4 = raw_stream(1, 0, r, TRUE);
     assert_read_fails(b4, FERRY_STREAM_ERROR_INVALID, "rounds must increase");
     put_le(round + 4, 4, 4);
-    g_autoptr(GArray) r5 = raw_with_config();
-    raw_add(r5, 4, round, 8);
-    g_autoptr(GBytes) b5 = raw_stream(1, 0, r5, TRUE);
-    assert_read_fails(b5, FERRY_STREAM_ERROR_VERSION, "flags 0x4");
+    expect_record_fails(TRUE, 4, round, 8, FERRY_STREAM_ERROR_VERSION, "flags 0x4");
 }
 
 /* Builds a RAM_BATCH payload by hand. */
@@ -944,12 +946,10 @@ static GByteArray *ram_payload(uint64_t gpa, uint32_t npages, uint32_t flags,
     return p;
 }
 
+/* expect_record_fails() for a RAM_BATCH @payload, which it frees. */
 static void expect_ram_error(GByteArray *payload, FerryStreamError code, const char *fragment)
 {
-    g_autoptr(GArray) recs = raw_with_config();
-    raw_add(recs, 3, payload->data, payload->len);
-    g_autoptr(GBytes) b = raw_stream(1, 0, recs, TRUE);
-    assert_read_fails(b, code, fragment);
+    expect_record_fails(TRUE, 3, payload->data, payload->len, code, fragment);
     g_byte_array_unref(payload);
 }
 
@@ -1010,16 +1010,10 @@ static void test_malformed_records(void)
     put_le(sec, 1, 4);
     put_le(sec + 4, 3, 2);
     memcpy(sec + 8, "a b", 3);
-    g_autoptr(GArray) r1 = raw_with_config();
-    raw_add(r1, 2, sec, 11);
-    g_autoptr(GBytes) b1 = raw_stream(1, 0, r1, TRUE);
-    assert_read_fails(b1, FERRY_STREAM_ERROR_INVALID, "malformed id");
+    expect_record_fails(TRUE, 2, sec, 11, FERRY_STREAM_ERROR_INVALID, "malformed id");
     put_le(sec + 4, 9, 2);
     memcpy(sec + 8, "abc", 3);
-    g_autoptr(GArray) r2 = raw_with_config();
-    raw_add(r2, 2, sec, 11);
-    g_autoptr(GBytes) b2 = raw_stream(1, 0, r2, TRUE);
-    assert_read_fails(b2, FERRY_STREAM_ERROR_INVALID, "malformed id");
+    expect_record_fails(TRUE, 2, sec, 11, FERRY_STREAM_ERROR_INVALID, "malformed id");
 
     /* CONFIG: too many items, an item running past the end, a duplicate key, a control
      * character in a value, trailing bytes. */
@@ -1063,18 +1057,13 @@ static void test_malformed_records(void)
     memcpy(dupk->data + second + 4, "memor", 5);
     put_le(dupk->data + 36, 5, 2);
     put_le(dupk->data + 38, 9, 2); /* "memor" + "y1024 MiB" */
-    g_autoptr(GArray) r3 = raw_records_new();
-    raw_add(r3, 1, dupk->data, dupk->len);
-    g_autoptr(GBytes) b3 = raw_stream(1, 0, r3, TRUE);
-    assert_read_fails(b3, FERRY_STREAM_ERROR_INVALID, "appears twice");
+    expect_record_fails(FALSE, 1, dupk->data, dupk->len, FERRY_STREAM_ERROR_INVALID,
+                        "appears twice");
 
     g_autoptr(GByteArray) ctl = g_byte_array_new();
     g_byte_array_append(ctl, cfg->data, cfg->len);
     ctl->data[36 + 4 + 6] = '\n';
-    g_autoptr(GArray) r4 = raw_records_new();
-    raw_add(r4, 1, ctl->data, ctl->len);
-    g_autoptr(GBytes) b4 = raw_stream(1, 0, r4, TRUE);
-    assert_read_fails(b4, FERRY_STREAM_ERROR_INVALID, "malformed");
+    expect_record_fails(FALSE, 1, ctl->data, ctl->len, FERRY_STREAM_ERROR_INVALID, "malformed");
 }
 
 static void test_writer_errors(void)

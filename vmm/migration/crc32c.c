@@ -1,4 +1,5 @@
 #include "migration/crc32c.h"
+#include "util/state.h"
 
 #include <glib.h>
 #include <string.h>
@@ -80,18 +81,11 @@ static void crc32c_once(void)
     }
 }
 
-static inline uint64_t load_le64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, sizeof(v));
-    return GUINT64_FROM_LE(v);
-}
-
 /* Advances the raw CRC register @r (no pre/post inversion) over @p[0..@len). */
 static uint32_t raw_sw(uint32_t r, const uint8_t *p, size_t len)
 {
     while (len >= 8) {
-        uint64_t v = load_le64(p) ^ r;
+        uint64_t v = ferry_le_load64(p) ^ r;
         r = slice_table[7][v & 0xff] ^ slice_table[6][(v >> 8) & 0xff] ^
             slice_table[5][(v >> 16) & 0xff] ^ slice_table[4][(v >> 24) & 0xff] ^
             slice_table[3][(v >> 32) & 0xff] ^ slice_table[2][(v >> 40) & 0xff] ^
@@ -115,9 +109,9 @@ __attribute__((target("sse4.2"))) static uint32_t raw_hw(uint32_t r, const uint8
     while (len >= 3 * LANE_BYTES) {
         uint64_t a = r, b = 0, c = 0;
         for (size_t i = 0; i < LANE_BYTES; i += 8) {
-            a = _mm_crc32_u64(a, load_le64(p + i));
-            b = _mm_crc32_u64(b, load_le64(p + LANE_BYTES + i));
-            c = _mm_crc32_u64(c, load_le64(p + 2 * LANE_BYTES + i));
+            a = _mm_crc32_u64(a, ferry_le_load64(p + i));
+            b = _mm_crc32_u64(b, ferry_le_load64(p + LANE_BYTES + i));
+            c = _mm_crc32_u64(c, ferry_le_load64(p + 2 * LANE_BYTES + i));
         }
         r = gf2_mulmod(lane_shift2, (uint32_t) a) ^ gf2_mulmod(lane_shift1, (uint32_t) b) ^
             (uint32_t) c;
@@ -126,7 +120,7 @@ __attribute__((target("sse4.2"))) static uint32_t raw_hw(uint32_t r, const uint8
     }
     uint64_t r64 = r;
     while (len >= 8) {
-        r64 = _mm_crc32_u64(r64, load_le64(p));
+        r64 = _mm_crc32_u64(r64, ferry_le_load64(p));
         p += 8;
         len -= 8;
     }

@@ -202,7 +202,7 @@ typedef struct {
 
 /*
  * Creates a reader on @in (referenced).  @expected (nullable; copied) is the configuration
- * of this VMM: the stream's CONFIG must match it.  @ram (nullable; copied, up to 16 ranges)
+ * of this VMM: the stream's CONFIG must match it.  @ram (nullable; copied)
  * is the RAM layout every RAM_BATCH and PAGE_REQUEST must fall in; NULL accepts any address
  * (only for tools that inspect a stream, never for one that writes guest memory).
  * @flags must equal the preamble's flags (forward or return path).

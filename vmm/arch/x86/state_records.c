@@ -19,19 +19,7 @@ void ferry_x86_record_put(FerryStateWriter *w, uint8_t type, const void *data, u
 
 void ferry_x86_records_end(FerryStateWriter *w, gsize mark)
 {
-    uint32_t body = (uint32_t) (w->buf->len - mark - 4);
-    for (unsigned i = 0; i < 4; i++)
-        w->buf->data[mark + i] = (uint8_t) (body >> (8 * i));
-}
-
-uint32_t ferry_x86_le32(const uint8_t *p)
-{
-    return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 | (uint32_t) p[3] << 24;
-}
-
-uint64_t ferry_x86_le64(const uint8_t *p)
-{
-    return (uint64_t) ferry_x86_le32(p) | (uint64_t) ferry_x86_le32(p + 4) << 32;
+    ferry_le_store32(w->buf->data + mark, (uint32_t) (w->buf->len - mark - 4));
 }
 
 static gssize find_spec(const FerryX86RecordSpec *specs, gsize n_specs, uint8_t type)

@@ -9,7 +9,8 @@
  * All integers little-endian.  The reader consumes exactly one blob, so blobs can follow each
  * other in one FerryStateReader.  Parsing checks every length against what remains, rejects
  * unknown and repeated record types, lengths outside a record's allowed range and missing
- * required records, and borrows the payloads from the reader's buffer (no copies).
+ * required records, and borrows the payloads from the reader's buffer (no copies); fields
+ * inside a payload are read with ferry_le_load32/64() (util/state.h) once its length is known.
  */
 #pragma once
 
@@ -49,7 +50,3 @@ void ferry_x86_records_end(FerryStateWriter *w, gsize mark);
 gboolean ferry_x86_records_parse(FerryStateReader *r, uint8_t max_version,
                                  const FerryX86RecordSpec *specs, gsize n_specs,
                                  FerryX86Record *out, uint8_t *version, GError **error);
-
-/* Little-endian field access inside a record payload (callers check the length first). */
-uint32_t ferry_x86_le32(const uint8_t *p);
-uint64_t ferry_x86_le64(const uint8_t *p);

@@ -5,7 +5,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
-G_DEFINE_QUARK(ferry - x86 - state - error - quark, ferry_x86_state_error)
+/* clang-format off */
+G_DEFINE_QUARK(ferry-x86-state-error-quark, ferry_x86_state_error)
+/* clang-format on */
 
 /* Record types of the vCPU blob (docs/machine-state.md). */
 enum {
@@ -256,8 +258,7 @@ gboolean ferry_x86_vcpu_save_state(const FerryKvm *kvm, int vcpu_fd, FerryStateW
     if (ioctl(vcpu_fd, KVM_GET_MP_STATE, &mp) < 0)
         return ioctl_error(error, "KVM_GET_MP_STATE");
     uint8_t mp_le[4];
-    for (unsigned i = 0; i < 4; i++)
-        mp_le[i] = (uint8_t) (mp.mp_state >> (8 * i));
+    ferry_le_store32(mp_le, mp.mp_state);
     ferry_x86_record_put(w, REC_MP_STATE, mp_le, sizeof(mp_le));
 
     if (has_cap(kvm, KVM_CAP_DEBUGREGS)) {
@@ -273,8 +274,7 @@ gboolean ferry_x86_vcpu_save_state(const FerryKvm *kvm, int vcpu_fd, FerryStateW
         if (khz <= 0)
             return ioctl_error(error, "KVM_GET_TSC_KHZ");
         uint8_t khz_le[4];
-        for (unsigned i = 0; i < 4; i++)
-            khz_le[i] = (uint8_t) ((uint32_t) khz >> (8 * i));
+        ferry_le_store32(khz_le, (uint32_t) khz);
         ferry_x86_record_put(w, REC_TSC_KHZ, khz_le, sizeof(khz_le));
     }
 
@@ -346,7 +346,7 @@ static struct kvm_msrs *msrs_new(guint n)
 static gboolean prepare_msrs(const FerryKvm *kvm, int vcpu_fd, const FerryX86Record *rec,
                              const char *what, VcpuLoad *l, GError **error)
 {
-    uint32_t n = ferry_x86_le32(rec->data);
+    uint32_t n = ferry_le_load32(rec->data);
     if (n > MAX_MSRS || rec->len != 4 + n * MSR_ENTRY_SIZE)
         return invalid(error, what, "the MSRS record has %u bytes for %u MSRs", rec->len, n);
 
@@ -357,7 +357,7 @@ static gboolean prepare_msrs(const FerryKvm *kvm, int vcpu_fd, const FerryX86Rec
     g_autoptr(GArray) probe = g_array_new(FALSE, FALSE, sizeof(uint32_t));
     for (uint32_t i = 0; i < n; i++) {
         const uint8_t *p = rec->data + 4 + i * MSR_ENTRY_SIZE;
-        struct kvm_msr_entry e = {.index = ferry_x86_le32(p), .data = ferry_x86_le64(p + 4)};
+        struct kvm_msr_entry e = {.index = ferry_le_load32(p), .data = ferry_le_load64(p + 4)};
         if (!g_hash_table_add(seen, GUINT_TO_POINTER(e.index)))
             return invalid(error, what, "MSR 0x%x appears twice", e.index);
         if (!ferry_kvm_has_msr(kvm, e.index)) {
@@ -519,7 +519,7 @@ static gboolean prepare(const FerryKvm *kvm, int vcpu_fd, FerryStateReader *r, V
     if (!prepare_events(kvm, &l->events, error))
         return FALSE;
 
-    l->mp.mp_state = ferry_x86_le32(rec[I_MP_STATE].data);
+    l->mp.mp_state = ferry_le_load32(rec[I_MP_STATE].data);
     if (l->mp.mp_state > KVM_MP_STATE_SIPI_RECEIVED && l->mp.mp_state != KVM_MP_STATE_AP_RESET_HOLD)
         return invalid(error, what, "MP state %u is not an x86 state", l->mp.mp_state);
 
@@ -532,7 +532,7 @@ static gboolean prepare(const FerryKvm *kvm, int vcpu_fd, FerryStateReader *r, V
     }
 
     if (rec[I_TSC_KHZ].present) {
-        l->tsc_khz = ferry_x86_le32(rec[I_TSC_KHZ].data);
+        l->tsc_khz = ferry_le_load32(rec[I_TSC_KHZ].data);
         if (l->tsc_khz == 0)
             return invalid(error, what, "the TSC frequency is 0 kHz");
         if (!has_cap(kvm, KVM_CAP_GET_TSC_KHZ))

@@ -152,10 +152,10 @@ gboolean ferry_x86_vm_load_state(int vm_fd, FerryStateReader *r, FerryX86Clock *
     }
     const uint8_t *c = rec[I_CLOCK].data;
     FerryX86Clock saved = {
-        .clock_ns = ferry_x86_le64(c),
-        .kvm_flags = ferry_x86_le32(c + 8),
-        .realtime_ns = ferry_x86_le64(c + 12),
-        .host_tsc = ferry_x86_le64(c + 20),
+        .clock_ns = ferry_le_load64(c),
+        .kvm_flags = ferry_le_load32(c + 8),
+        .realtime_ns = ferry_le_load64(c + 12),
+        .host_tsc = ferry_le_load64(c + 20),
     };
 
     for (unsigned i = 0; i < 3; i++)
