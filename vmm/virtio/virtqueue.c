@@ -158,6 +158,17 @@ int ferry_virtq_pop(FerryVirtqueue *vq, FerryVirtqElement *elem, GError **error)
         return 0;
     uint16_t avail_idx = load16(vq->avail + 2);
     uint16_t pending = (uint16_t) (avail_idx - vq->last_avail);
+    if (pending == 0 && vq->event_idx) {
+        /*
+         * avail_event (= last_avail, stored by the previous pop) must be visible before we
+         * conclude the ring is empty: a driver that added a buffer while reading an older
+         * avail_event skipped its notification (2.7.10), so look once more after a full
+         * barrier.
+         */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        avail_idx = load16(vq->avail + 2);
+        pending = (uint16_t) (avail_idx - vq->last_avail);
+    }
     if (pending == 0)
         return 0;
     if (pending > vq->size)
