@@ -93,7 +93,7 @@ static gboolean setup_mtu(FerryTap *tap, unsigned mtu, GError **error)
     return TRUE;
 }
 
-/* Offload combinations to probe, each needing the ones before it in the kernel's rules. */
+/* Adds each offload to those accepted so far; the kernel takes the others only with CSUM. */
 static unsigned probe_offloads(int fd)
 {
     static const unsigned steps[] = {

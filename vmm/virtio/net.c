@@ -61,12 +61,10 @@ typedef struct {
     uint16_t mtu;           /* bytes, the TAP's */
     uint64_t host_features; /* offered (5.1.3) */
 
-    gboolean active;        /* between activate and reset (or a broken queue) */
-    gboolean resume_active; /* loaded from an active device: activate on the first notify */
-    gboolean paused;        /* between pause and resume */
-    GMainContext *ctx;      /* the I/O thread's, borrowed */
-    GSource *rx_src;        /* TAP readable watch; NULL when not watching */
-    GSource *kick_src;      /* deferred work (tx over budget, resume); NULL when none */
+    gboolean active;   /* between activate and reset (or a broken queue) */
+    GMainContext *ctx; /* the I/O thread's, borrowed */
+    GSource *rx_src;   /* TAP readable watch; NULL when not watching */
+    GSource *kick_src; /* deferred work (tx over budget, resume); NULL when none */
     gboolean kick_tx, kick_rx;
 
     FerryVirtqElement *elem; /* scratch */
@@ -102,7 +100,7 @@ static size_t iov_from_buf(const struct iovec *iov, unsigned cnt, size_t offset,
 
 static gboolean running(FerryVirtioNet *net)
 {
-    return net->active && !net->paused && !ferry_virtio_is_broken(&net->vdev);
+    return net->active && !net->vdev.paused && !ferry_virtio_is_broken(&net->vdev);
 }
 
 static void stop_io(FerryVirtioNet *net);
@@ -268,25 +266,13 @@ static RxResult fill_bounce(FerryVirtioNet *net)
         return RX_TAP_EMPTY;
     if (n < 0)
         return RX_TAP_ERROR;
-    if (n < NET_HDR_LEN || n == BOUNCE_SIZE) {
+    /* A frame that fills the bounce buffer was cut short (BOUNCE_SIZE is above any frame). */
+    if (n < NET_HDR_LEN || n >= BOUNCE_SIZE) {
         net->stats.rx_dropped++;
         return RX_DROPPED;
     }
     net->pending = (size_t) n;
     return RX_DELIVERED;
-}
-
-/* Pops the next rx buffer; on an empty ring re-checks after a full barrier (2.7.10). */
-static int rx_pop(FerryVirtioNet *net, GError **error)
-{
-    FerryVirtqueue *vq = &net->vdev.vqs[RXQ];
-    int r = ferry_virtq_pop(vq, net->elem, error);
-    if (r == 0) {
-        /* The driver may have added a buffer without seeing our avail_event yet. */
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        r = ferry_virtq_pop(vq, net->elem, error);
-    }
-    return r;
 }
 
 /* One frame into one buffer (no MRG_RXBUF: 5.1.6.3.2, a single descriptor chain). */
@@ -296,7 +282,7 @@ static RxResult rx_one_single(FerryVirtioNet *net)
     FerryVirtqElement *elem = net->elem;
     g_autoptr(GError) error = NULL;
 
-    int r = rx_pop(net, &error);
+    int r = ferry_virtq_pop(&net->vdev.vqs[RXQ], net->elem, &error);
     if (r < 0) {
         broken(net, error);
         return RX_BROKEN;
@@ -381,7 +367,7 @@ static RxResult rx_one_merged(FerryVirtioNet *net)
             return RX_DROPPED;
         }
         g_autoptr(GError) error = NULL;
-        int r = rx_pop(net, &error);
+        int r = ferry_virtq_pop(&net->vdev.vqs[RXQ], net->elem, &error);
         if (r < 0) {
             broken(net, error);
             return RX_BROKEN;
@@ -513,7 +499,6 @@ static gboolean net_realize(FerryVirtioDev *dev, GError **error)
 static gboolean net_activate(FerryVirtioDev *dev, GError **error)
 {
     FerryVirtioNet *net = (FerryVirtioNet *) dev;
-    net->resume_active = FALSE;
     /* What the driver accepts decides what the TAP may give us (5.1.6.4, TUNSETOFFLOAD). */
     unsigned offloads = 0;
     if (ferry_virtio_has_feature(dev, VIRTIO_NET_F_GUEST_CSUM)) {
@@ -538,7 +523,7 @@ static void net_reset(FerryVirtioDev *dev)
 {
     FerryVirtioNet *net = (FerryVirtioNet *) dev;
     stop_io(net);
-    net->active = net->resume_active = FALSE;
+    net->active = FALSE;
     net->pending = 0;
     net->kick_tx = net->kick_rx = FALSE;
     g_autoptr(GError) error = NULL;
@@ -549,19 +534,6 @@ static void net_reset(FerryVirtioDev *dev)
 static void net_queue_notify(FerryVirtioDev *dev, unsigned index)
 {
     FerryVirtioNet *net = (FerryVirtioNet *) dev;
-    if (net->resume_active) {
-        /*
-         * Loaded from a running device: the transport restored DRIVER_OK and the features
-         * without calling activate, and notifies only with DRIVER_OK set.
-         */
-        g_autoptr(GError) error = NULL;
-        if (!net_activate(dev, &error)) {
-            g_autofree char *msg =
-                g_strdup_printf("cannot start after loading: %s", error->message);
-            ferry_virtio_set_broken(dev, msg);
-            return;
-        }
-    }
     if (!running(net))
         return;
     if (index == TXQ) {
@@ -575,18 +547,13 @@ static void net_queue_notify(FerryVirtioDev *dev, unsigned index)
 
 static void net_pause(FerryVirtioDev *dev)
 {
-    FerryVirtioNet *net = (FerryVirtioNet *) dev;
-    net->paused = TRUE;
-    gboolean had_kick = net->kick_src != NULL;
-    stop_io(net);
-    /* Remember deferred tx work for resume; a frame in the bounce buffer stays there. */
-    net->kick_tx |= had_kick;
+    /* Deferred work is redone by resume's kick; a frame in the bounce buffer stays there. */
+    stop_io((FerryVirtioNet *) dev);
 }
 
 static void net_resume(FerryVirtioDev *dev)
 {
     FerryVirtioNet *net = (FerryVirtioNet *) dev;
-    net->paused = FALSE;
     /* Notifications may have been missed while paused: look at both queues. */
     if (running(net))
         kick(net, TRUE, TRUE);
@@ -600,7 +567,7 @@ static void net_save(FerryVirtioDev *dev, FerryStateWriter *w)
     ferry_state_put_u8(w, net->has_mtu);
     ferry_state_put_u16(w, net->mtu);
     ferry_state_put_u64(w, net->host_features);
-    ferry_state_put_u8(w, net->active || net->resume_active);
+    ferry_state_put_u8(w, net->active); /* kept for the format; load() ignores it */
 }
 
 static gboolean net_load(FerryVirtioDev *dev, uint8_t version, FerryStateReader *r, GError **error)
@@ -609,49 +576,45 @@ static gboolean net_load(FerryVirtioDev *dev, uint8_t version, FerryStateReader 
     uint8_t mac[6], has_mtu, active;
     uint16_t status, mtu;
     uint64_t features;
-    if (version != NET_STATE_VERSION) {
-        g_set_error(error, FERRY_STATE_ERROR, FERRY_STATE_ERROR_VERSION,
-                    "virtio-net state version %u is not supported (this build reads %u)", version,
-                    NET_STATE_VERSION);
-        return FALSE;
-    }
+    /* The transport checked @version (1 to NET_STATE_VERSION). */
     if (!ferry_state_get_bytes(r, mac, 6, error) || !ferry_state_get_u16(r, &status, error) ||
         !ferry_state_get_u8(r, &has_mtu, error) || !ferry_state_get_u16(r, &mtu, error) ||
         !ferry_state_get_u64(r, &features, error) || !ferry_state_get_u8(r, &active, error))
         return FALSE;
     if (status & ~VIRTIO_NET_S_LINK_UP) {
         g_set_error(error, FERRY_STATE_ERROR, FERRY_STATE_ERROR_INVALID,
-                    "virtio-net state: unknown status bits 0x%x", status);
+                    "%s: virtio-net state: unknown status bits 0x%x", r->what, status);
         return FALSE;
     }
     if (mac[0] & 1) {
         g_set_error(error, FERRY_STATE_ERROR, FERRY_STATE_ERROR_INVALID,
-                    "virtio-net state: multicast MAC address %02x:%02x:%02x:%02x:%02x:%02x", mac[0],
-                    mac[1], mac[2], mac[3], mac[4], mac[5]);
+                    "%s: virtio-net state: multicast MAC address %02x:%02x:%02x:%02x:%02x:%02x",
+                    r->what, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
         return FALSE;
     }
     /* The driver may have negotiated any offered feature: we must offer them all too. */
     if (features & ~net->host_features) {
         g_set_error(error, FERRY_STATE_ERROR, FERRY_STATE_ERROR_INVALID,
-                    "virtio-net state: the source offered features 0x%" G_GINT64_MODIFIER
+                    "%s: virtio-net state: the source offered features 0x%" G_GINT64_MODIFIER
                     "x that TAP %s here does not (offloads the kernel refuses)",
-                    features & ~net->host_features, net->tap->name);
+                    r->what, features & ~net->host_features, net->tap->name);
         return FALSE;
     }
     if (has_mtu && (!net->has_mtu || mtu != net->mtu)) {
         g_set_error(error, FERRY_STATE_ERROR, FERRY_STATE_ERROR_INVALID,
-                    "virtio-net state: the guest was told MTU %u, but this NIC has %s%u; give "
-                    "mtu=%u",
-                    mtu, net->has_mtu ? "mtu=" : "no mtu= and the TAP's ", net->mtu, mtu);
+                    "%s: virtio-net state: the guest was told MTU %u, but this NIC has %s%u; "
+                    "give mtu=%u",
+                    r->what, mtu, net->has_mtu ? "mtu=" : "no mtu= and the TAP's ", net->mtu, mtu);
         return FALSE;
     }
     /* The guest knows its NIC by the saved MAC; it moves with the guest. */
     memcpy(net->mac, mac, 6);
     net->status = status;
+    /* Saved @active is not needed: the transport activates a running device after load(). */
+    (void) active;
     stop_io(net);
     net->active = FALSE;
     net->pending = 0;
-    net->resume_active = active != 0;
     return TRUE;
 }
 

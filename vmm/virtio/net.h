@@ -38,7 +38,8 @@ typedef struct {
     uint64_t tx_frames;  /* written to the TAP */
     uint64_t tx_dropped; /* short/failed writes, buffers shorter than the header */
     uint64_t rx_frames;  /* delivered to the driver */
-    uint64_t rx_dropped; /* did not fit the driver's buffers, or read errors */
+    uint64_t rx_dropped; /* too big for the driver's buffers or runts; also rx buffers too
+                            short for the header, returned unused (read errors: logged) */
 } FerryVirtioNetStats;
 
 /*
