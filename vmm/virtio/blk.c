@@ -150,62 +150,6 @@ static const char *blk_name(FerryVirtioBlk *blk)
     return blk->dev.id ? blk->dev.id : blk->path;
 }
 
-static void put_le32(uint8_t *p, uint32_t v)
-{
-    v = GUINT32_TO_LE(v);
-    memcpy(p, &v, 4);
-}
-
-static void put_le64(uint8_t *p, uint64_t v)
-{
-    v = GUINT64_TO_LE(v);
-    memcpy(p, &v, 8);
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return GUINT32_FROM_LE(v);
-}
-
-static uint64_t get_le64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return GUINT64_FROM_LE(v);
-}
-
-/* Copies @len bytes starting @skip bytes into @iov[0..@n) to @out; returns bytes copied. */
-static size_t iov_read(const struct iovec *iov, unsigned n, size_t skip, void *out, size_t len)
-{
-    size_t done = 0;
-    for (unsigned i = 0; i < n && done < len; i++) {
-        size_t l = iov[i].iov_len;
-        if (skip >= l) {
-            skip -= l;
-            continue;
-        }
-        size_t c = MIN(l - skip, len - done);
-        memcpy((uint8_t *) out + done, (uint8_t *) iov[i].iov_base + skip, c);
-        done += c;
-        skip = 0;
-    }
-    return done;
-}
-
-/* Copies @len bytes of @in into @iov[0..@n) (guest buffers; the caller marks them dirty). */
-static size_t iov_write(const struct iovec *iov, unsigned n, const void *in, size_t len)
-{
-    size_t done = 0;
-    for (unsigned i = 0; i < n && done < len; i++) {
-        size_t c = MIN(iov[i].iov_len, len - done);
-        memcpy(iov[i].iov_base, (const uint8_t *) in + done, c);
-        done += c;
-    }
-    return done;
-}
-
 /* Fills @dst with the part [@skip, @skip + @len) of @src[0..@n); returns the entries used. */
 static unsigned iov_slice(const struct iovec *src, unsigned n, uint64_t skip, uint64_t len,
                           struct iovec *dst)
@@ -582,9 +526,9 @@ static void blk_start_dwz(FerryVirtioBlk *blk, BlkReq *req)
     uint8_t status = VIRTIO_BLK_S_OK;
     for (unsigned i = 0; i < req->nr_ranges; i++) {
         uint8_t seg[DWZ_SEG_SIZE];
-        iov_read(e->iov, e->nr_out, REQ_HEADER_SIZE + (size_t) i * DWZ_SEG_SIZE, seg, sizeof(seg));
-        uint64_t sector = get_le64(seg);
-        uint32_t num = get_le32(seg + 8), flags = get_le32(seg + 12);
+        ferry_iov_to_buf(e->iov, e->nr_out, REQ_HEADER_SIZE + (size_t) i * DWZ_SEG_SIZE, seg, sizeof(seg));
+        uint64_t sector = ferry_le_load64(seg);
+        uint32_t num = ferry_le_load32(seg + 8), flags = ferry_le_load32(seg + 12);
         /* Unknown flags, or UNMAP on a discard: UNSUPP (5.2.6.2, device requirements). */
         if ((flags & ~VIRTIO_BLK_WZ_F_UNMAP) || (discard && flags))
             status = VIRTIO_BLK_S_UNSUPP;
@@ -629,9 +573,9 @@ static gboolean blk_handle(FerryVirtioBlk *blk, BlkReq *req)
     req->status_gpa = e->gpa[last] + e->iov[last].iov_len - 1;
 
     uint8_t hdr[REQ_HEADER_SIZE];
-    iov_read(e->iov, e->nr_out, 0, hdr, sizeof(hdr));
-    req->type = get_le32(hdr);
-    uint64_t sector = get_le64(hdr + 8);
+    ferry_iov_to_buf(e->iov, e->nr_out, 0, hdr, sizeof(hdr));
+    req->type = ferry_le_load32(hdr);
+    uint64_t sector = ferry_le_load64(hdr + 8);
     req->data_len = 0;
     req->iov_idx = 0;
     req->niov = 0;
@@ -674,7 +618,7 @@ static gboolean blk_handle(FerryVirtioBlk *blk, BlkReq *req)
         if (blk->serial)
             memcpy(id, blk->serial, MIN(strlen(blk->serial), sizeof(id)));
         size_t n = MIN(sizeof(id), (size_t) (e->in_bytes - 1));
-        n = iov_write(e->iov + e->nr_out, e->nr_in, id, n);
+        n = ferry_iov_from_buf(e->iov + e->nr_out, e->nr_in, 0, id, n);
         blk_req_complete(blk, req, VIRTIO_BLK_S_OK, (uint32_t) n + 1);
         break;
     }
@@ -886,14 +830,14 @@ static void blk_fill_config(FerryVirtioBlk *blk)
 {
     uint8_t *c = blk->config;
     memset(c, 0, CFG_SIZE);
-    put_le64(c + CFG_CAPACITY, blk->capacity);
-    put_le32(c + CFG_SEG_MAX, BLK_SEG_MAX);
-    put_le32(c + CFG_BLK_SIZE, SECTOR_SIZE);
-    put_le32(c + CFG_MAX_DISCARD_SECT, BLK_DWZ_MAX_SECTORS);
-    put_le32(c + CFG_MAX_DISCARD_SEG, BLK_DWZ_MAX_SEGS);
-    put_le32(c + CFG_DISCARD_ALIGN, BLK_DISCARD_ALIGN);
-    put_le32(c + CFG_MAX_WZ_SECT, BLK_DWZ_MAX_SECTORS);
-    put_le32(c + CFG_MAX_WZ_SEG, BLK_DWZ_MAX_SEGS);
+    ferry_le_store64(c + CFG_CAPACITY, blk->capacity);
+    ferry_le_store32(c + CFG_SEG_MAX, BLK_SEG_MAX);
+    ferry_le_store32(c + CFG_BLK_SIZE, SECTOR_SIZE);
+    ferry_le_store32(c + CFG_MAX_DISCARD_SECT, BLK_DWZ_MAX_SECTORS);
+    ferry_le_store32(c + CFG_MAX_DISCARD_SEG, BLK_DWZ_MAX_SEGS);
+    ferry_le_store32(c + CFG_DISCARD_ALIGN, BLK_DISCARD_ALIGN);
+    ferry_le_store32(c + CFG_MAX_WZ_SECT, BLK_DWZ_MAX_SECTORS);
+    ferry_le_store32(c + CFG_MAX_WZ_SEG, BLK_DWZ_MAX_SEGS);
     c[CFG_WZ_MAY_UNMAP] = 1;
 }
 

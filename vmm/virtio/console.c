@@ -109,12 +109,7 @@ static gboolean take_rx(FerryVirtioConsole *c)
 static size_t deliver(FerryVirtioConsole *c, const uint8_t *data, size_t len)
 {
     FerryVirtqElement *e = c->rx_elem;
-    size_t done = 0;
-    for (unsigned i = e->nr_out; i < e->nr_out + e->nr_in && done < len; i++) {
-        size_t n = MIN(e->iov[i].iov_len, len - done);
-        memcpy(e->iov[i].iov_base, data + done, n);
-        done += n;
-    }
+    size_t done = ferry_iov_from_buf(e->iov + e->nr_out, e->nr_in, 0, data, len);
     ferry_virtq_push(&c->vdev.vqs[RXQ], e, (uint32_t) done);
     c->rx_held = FALSE;
     ferry_virtio_notify_queue(&c->vdev, RXQ);

@@ -80,24 +80,6 @@ typedef struct {
 
 /* ---- helpers -------------------------------------------------------------------------- */
 
-/* Copies @len bytes from @buf into the segments @iov[0..@cnt) at byte @offset. */
-static size_t iov_from_buf(const struct iovec *iov, unsigned cnt, size_t offset, const void *buf,
-                           size_t len)
-{
-    size_t done = 0;
-    for (unsigned i = 0; i < cnt && done < len; i++) {
-        if (offset >= iov[i].iov_len) {
-            offset -= iov[i].iov_len;
-            continue;
-        }
-        size_t n = MIN(iov[i].iov_len - offset, len - done);
-        memcpy((uint8_t *) iov[i].iov_base + offset, (const uint8_t *) buf + done, n);
-        done += n;
-        offset = 0;
-    }
-    return done;
-}
-
 static gboolean running(FerryVirtioNet *net)
 {
     return net->active && !net->vdev.paused && !ferry_virtio_is_broken(&net->vdev);
@@ -237,10 +219,10 @@ static void fix_rx_header(FerryVirtioNet *net, const struct iovec *iov, unsigned
                           uint16_t num_buffers)
 {
     uint16_t le = GUINT16_TO_LE(num_buffers);
-    iov_from_buf(iov, cnt, 10, &le, 2);
+    ferry_iov_from_buf(iov, cnt, 10, &le, 2);
     if (!ferry_virtio_has_feature(&net->vdev, VIRTIO_NET_F_GUEST_CSUM)) {
         uint8_t zero = 0;
-        iov_from_buf(iov, cnt, 0, &zero, 1);
+        ferry_iov_from_buf(iov, cnt, 0, &zero, 1);
     }
 }
 
@@ -321,7 +303,7 @@ static RxResult rx_one_single(FerryVirtioNet *net)
             net->stats.rx_dropped++;
             return RX_DROPPED;
         }
-        n = (ssize_t) iov_from_buf(in, elem->nr_in, 0, net->bounce, net->pending);
+        n = (ssize_t) ferry_iov_from_buf(in, elem->nr_in, 0, net->bounce, net->pending);
         net->pending = 0;
     }
     fix_rx_header(net, in, elem->nr_in, 1);
@@ -399,7 +381,7 @@ static RxResult rx_one_merged(FerryVirtioNet *net)
     size_t off = 0;
     for (unsigned i = 0; i < nbufs; i++) {
         FerryVirtqElement *elem = rx_buf_element(net, &net->rx_bufs[i]);
-        size_t n = iov_from_buf(elem->iov, elem->nr_in, 0, net->bounce + off,
+        size_t n = ferry_iov_from_buf(elem->iov, elem->nr_in, 0, net->bounce + off,
                                 MIN(elem->in_bytes, net->pending - off));
         if (i == 0)
             fix_rx_header(net, elem->iov, elem->nr_in, (uint16_t) nbufs);

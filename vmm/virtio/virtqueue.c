@@ -233,6 +233,39 @@ int ferry_virtq_pop(FerryVirtqueue *vq, FerryVirtqElement *elem, GError **error)
     return 1;
 }
 
+/* Walks @iov from byte @offset, copying @len bytes in the direction @to_iov says. */
+static size_t iov_copy(const struct iovec *iov, unsigned n, size_t offset, uint8_t *buf,
+                       size_t len, gboolean to_iov)
+{
+    size_t done = 0;
+    for (unsigned i = 0; i < n && done < len; i++) {
+        if (offset >= iov[i].iov_len) {
+            offset -= iov[i].iov_len;
+            continue;
+        }
+        size_t c = MIN(iov[i].iov_len - offset, len - done);
+        uint8_t *seg = (uint8_t *) iov[i].iov_base + offset;
+        if (to_iov)
+            memcpy(seg, buf + done, c);
+        else
+            memcpy(buf + done, seg, c);
+        done += c;
+        offset = 0;
+    }
+    return done;
+}
+
+size_t ferry_iov_from_buf(const struct iovec *iov, unsigned n, size_t offset, const void *buf,
+                          size_t len)
+{
+    return iov_copy(iov, n, offset, (uint8_t *) buf, len, TRUE);
+}
+
+size_t ferry_iov_to_buf(const struct iovec *iov, unsigned n, size_t offset, void *buf, size_t len)
+{
+    return iov_copy(iov, n, offset, buf, len, FALSE);
+}
+
 void ferry_virtq_unpop(FerryVirtqueue *vq, unsigned n)
 {
     vq->last_avail = (uint16_t) (vq->last_avail - n);

@@ -80,6 +80,16 @@ gboolean ferry_virtq_enable(FerryVirtqueue *vq, uint16_t size, uint64_t desc_gpa
 int ferry_virtq_pop(FerryVirtqueue *vq, FerryVirtqElement *elem, GError **error);
 
 /*
+ * Copies between a flat buffer and the segments @iov[0..@n) of an element, starting
+ * @offset bytes into the segments; return the bytes copied (less than @len when the
+ * segments end first).  Writes into guest buffers are marked dirty by ferry_virtq_push().
+ */
+size_t ferry_iov_from_buf(const struct iovec *iov, unsigned n, size_t offset, const void *buf,
+                          size_t len);
+size_t ferry_iov_to_buf(const struct iovec *iov, unsigned n, size_t offset, void *buf,
+                        size_t len);
+
+/*
  * Gives the last @n popped, unused elements back to the available ring (a device that
  * found no room for them, or pauses holding one): the next pop returns them again.  Only
  * advancing last_avail (and avail_event, which stays ahead and so still asks for the
