@@ -25,12 +25,13 @@
  * mismatch reads "device disk0: virtio-blk, slot 3 in the stream, absent here" rather than
  * two long lists to compare; the digest covers the same text.
  */
-typedef struct {
+struct FerryVmIdentity {
     char *memory, *layout, *vcpus;
     GPtrArray *strings; /* device keys and values, owned */
     FerryStreamConfigItem items[FERRY_STREAM_MAX_CONFIG_ITEMS];
     FerryStreamConfig config;
-} StreamIdentity;
+};
+typedef FerryVmIdentity StreamIdentity;
 
 /* "serial" for plain devices; "virtio-blk, slot 3" for a virtio-pci function. */
 static char *device_description(FerryDevice *d)
@@ -101,6 +102,33 @@ static void identity_clear(StreamIdentity *id)
     g_ptr_array_unref(id->strings);
 }
 
+FerryVmIdentity *ferry_vm_identity_new(FerryVm *vm)
+{
+    FerryVmIdentity *id = g_new0(FerryVmIdentity, 1);
+    identity_init(id, vm);
+    return id;
+}
+
+const FerryStreamConfig *ferry_vm_identity_config(const FerryVmIdentity *id)
+{
+    return &id->config;
+}
+
+void ferry_vm_identity_free(FerryVmIdentity *id)
+{
+    if (!id)
+        return;
+    identity_clear(id);
+    g_free(id);
+}
+
+unsigned ferry_vm_ram_ranges(FerryVm *vm, FerryStreamRange ram[FERRY_MAX_RAM_REGIONS])
+{
+    for (unsigned i = 0; i < vm->mem->nr_regions; i++)
+        ram[i] = (FerryStreamRange){vm->mem->regions[i].gpa, vm->mem->regions[i].size};
+    return vm->mem->nr_regions;
+}
+
 /* ---- saving ------------------------------------------------------------------------ */
 
 /* Sends the pages of region @r that hold data: memfd holes (never touched) are skipped. */
@@ -146,23 +174,11 @@ static gboolean put_blob(FerryStreamWriter *w, const char *id, GByteArray *blob,
     return ferry_stream_writer_put_section(w, id, SECTION_VERSION, blob->data, blob->len, error);
 }
 
-gboolean ferry_vm_save_state(FerryVm *vm, GOutputStream *out, FerryStreamStats *stats,
-                             GError **error)
+gboolean ferry_vm_put_state_sections(FerryVm *vm, FerryStreamWriter *w, GError **error)
 {
     /* Registers must be consistent: finish what a parked vCPU was in the middle of. */
     for (unsigned i = 0; i < vm->nr_vcpus; i++)
         if (!ferry_vcpu_settle(vm->vcpus[i], error))
-            return FALSE;
-
-    StreamIdentity id;
-    identity_init(&id, vm);
-    g_autoptr(FerryStreamWriter) w = ferry_stream_writer_new(out, 0, NULL);
-    gboolean ok = ferry_stream_writer_put_header(w, &id.config, error);
-    identity_clear(&id);
-    if (!ok || !ferry_stream_writer_put_round(w, 0, FERRY_STREAM_ROUND_FINAL, error))
-        return FALSE;
-    for (unsigned i = 0; i < vm->mem->nr_regions; i++)
-        if (!save_region(w, vm->mem, &vm->mem->regions[i], error))
             return FALSE;
 
     g_autoptr(GByteArray) blob = g_byte_array_new();
@@ -189,8 +205,24 @@ gboolean ferry_vm_save_state(FerryVm *vm, GOutputStream *out, FerryStreamStats *
     }
     /* kvmclock is read last: the instant the saved machine stands at */
     g_byte_array_set_size(blob, 0);
-    if (!ferry_x86_vm_save_state(vm->kvm->vm_fd, &sw, error) ||
-        !put_blob(w, SECTION_MACHINE, blob, error) || !ferry_stream_writer_put_end(w, error))
+    return ferry_x86_vm_save_state(vm->kvm->vm_fd, &sw, error) &&
+           put_blob(w, SECTION_MACHINE, blob, error);
+}
+
+gboolean ferry_vm_save_state(FerryVm *vm, GOutputStream *out, FerryStreamStats *stats,
+                             GError **error)
+{
+    StreamIdentity id;
+    identity_init(&id, vm);
+    g_autoptr(FerryStreamWriter) w = ferry_stream_writer_new(out, 0, NULL);
+    gboolean ok = ferry_stream_writer_put_header(w, &id.config, error);
+    identity_clear(&id);
+    if (!ok || !ferry_stream_writer_put_round(w, 0, FERRY_STREAM_ROUND_FINAL, error))
+        return FALSE;
+    for (unsigned i = 0; i < vm->mem->nr_regions; i++)
+        if (!save_region(w, vm->mem, &vm->mem->regions[i], error))
+            return FALSE;
+    if (!ferry_vm_put_state_sections(vm, w, error) || !ferry_stream_writer_put_end(w, error))
         return FALSE;
     if (stats)
         ferry_stream_writer_get_stats(w, stats);
@@ -259,8 +291,7 @@ static GBytes *take_section(GHashTable *sections, const char *id, GError **error
     return b;
 }
 
-/* Applies the collected sections in dependency order. */
-static gboolean apply_sections(FerryVm *vm, GHashTable *sections, GError **error)
+gboolean ferry_vm_apply_state_sections(FerryVm *vm, GHashTable *sections, GError **error)
 {
     if (g_hash_table_size(sections) != 2 + vm->devices->len + vm->nr_vcpus) {
         g_set_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID,
@@ -328,7 +359,7 @@ gboolean ferry_vm_load_state(FerryVm *vm, GInputStream *in, GError **error)
             return FALSE;
         switch (rec.type) {
         case FERRY_STREAM_RECORD_END:
-            return apply_sections(vm, sections, error);
+            return ferry_vm_apply_state_sections(vm, sections, error);
         case FERRY_STREAM_RECORD_RAM_BATCH:
             if (!load_ram_batch(vm, &rec, error))
                 return FALSE;

@@ -36,4 +36,30 @@ gboolean ferry_vm_save_to_file(FerryVm *vm, const char *path, FerryStreamStats *
  */
 gboolean ferry_vm_load_state(FerryVm *vm, GInputStream *in, GError **error);
 
+/*
+ * The CONFIG a stream of @vm carries (digest + summary): what save files and migrations
+ * check.  Owned by the caller.
+ */
+typedef struct FerryVmIdentity FerryVmIdentity;
+FerryVmIdentity *ferry_vm_identity_new(FerryVm *vm);
+const FerryStreamConfig *ferry_vm_identity_config(const FerryVmIdentity *id); /* borrowed */
+void ferry_vm_identity_free(FerryVmIdentity *id);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryVmIdentity, ferry_vm_identity_free)
+
+/* Fills @ram with the guest RAM regions of @vm (for stream readers); returns their count. */
+unsigned ferry_vm_ram_ranges(FerryVm *vm, FerryStreamRange ram[FERRY_MAX_RAM_REGIONS]);
+
+/*
+ * Writes every non-RAM SECTION of @vm ("pci", "dev/<id>", "vcpu/N", "machine" with kvmclock
+ * last).  The VM must be paused; pending PIO/MMIO exits are completed first.
+ */
+gboolean ferry_vm_put_state_sections(FerryVm *vm, FerryStreamWriter *w, GError **error);
+
+/*
+ * Applies the state sections collected from a stream (@sections: id → GBytes) to @vm, in
+ * dependency order, the guest clock last (advanced by the real time elapsed since it was
+ * read).  Fails naming a missing or malformed section; the VM must then not run.
+ */
+gboolean ferry_vm_apply_state_sections(FerryVm *vm, GHashTable *sections, GError **error);
+
 gboolean ferry_vm_restore_from_file(FerryVm *vm, const char *path, GError **error);

@@ -24,6 +24,7 @@ extern const uint8_t ferry_stream_magic[8];
 #define PAGE_REQUEST_FIXED_LEN 8
 #define PAGE_REQUEST_ENTRY_LEN 16
 #define END_LEN                24
+#define STATUS_FIXED_LEN       8
 
 /* RAM_BATCH flags. */
 #define RAM_FLAG_SPARSE 0x1u
@@ -48,6 +49,8 @@ extern const uint8_t ferry_stream_magic[8];
     (RAM_FIXED_LEN + 2 * MAX_BITMAP_BYTES + (size_t) FERRY_STREAM_MAX_BATCH_PAGES * PAGE)
 #define MAX_PAGE_REQUEST_PAYLOAD                                                                   \
     (PAGE_REQUEST_FIXED_LEN + FERRY_STREAM_MAX_PAGE_REQUESTS * PAGE_REQUEST_ENTRY_LEN)
+
+#define MAX_STATUS_PAYLOAD (STATUS_FIXED_LEN + FERRY_STREAM_MAX_STATUS_MESSAGE)
 
 /* One record type: its name in messages, payload length bounds and allowed directions. */
 typedef struct {

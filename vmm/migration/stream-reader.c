@@ -50,6 +50,7 @@ struct FerryStreamReader {
     uint64_t zero[BITMAP_WORDS];
     char section_id[FERRY_STREAM_MAX_SECTION_ID + 1];
     FerryStreamRange requests[FERRY_STREAM_MAX_PAGE_REQUESTS];
+    char *status_message; /* of the last STATUS record */
 
     /* The stream's CONFIG. */
     FerryStreamConfig config;
@@ -102,6 +103,7 @@ void ferry_stream_reader_free(FerryStreamReader *r)
     g_ptr_array_unref(r->expected_keys);
     g_ptr_array_unref(r->expected_values);
     g_free(r->payload);
+    g_free(r->status_message);
     g_free(r->pages);
     g_free(r->config_items);
     g_string_chunk_free(r->config_strings);
@@ -637,6 +639,31 @@ static gboolean reader_parse_page_request(FerryStreamReader *r, FerryStreamRecor
     return TRUE;
 }
 
+static gboolean reader_parse_status(FerryStreamReader *r, FerryStreamRecord *rec, size_t len,
+                                    GError **error)
+{
+    const uint8_t *p = r->payload;
+    uint32_t code = ferry_le_load32(p), n = ferry_le_load32(p + 4);
+
+    if (code < FERRY_STREAM_STATUS_READY || code > FERRY_STREAM_STATUS_FAILED ||
+        n > FERRY_STREAM_MAX_STATUS_MESSAGE || len != STATUS_FIXED_LEN + (size_t) n)
+        return reader_fail(r, error, FERRY_STREAM_ERROR_INVALID,
+                           "the STATUS record at byte %" G_GUINT64_FORMAT
+                           " is malformed (code %u, %u message bytes in %zu)",
+                           rec->offset, code, n, len);
+    const char *text = (const char *) p + STATUS_FIXED_LEN;
+    if (!g_utf8_validate(text, n, NULL) || memchr(text, 0, n))
+        return reader_fail(r, error, FERRY_STREAM_ERROR_INVALID,
+                           "the STATUS record at byte %" G_GUINT64_FORMAT
+                           " has a message that is not UTF-8 text",
+                           rec->offset);
+    g_free(r->status_message);
+    r->status_message = g_strndup(text, n);
+    rec->status.code = code;
+    rec->status.message = r->status_message;
+    return TRUE;
+}
+
 static gboolean reader_check_end(FerryStreamReader *r, FerryStreamRecord *rec, GError **error)
 {
     const uint8_t *p = r->payload;
@@ -691,6 +718,8 @@ gboolean ferry_stream_reader_next(FerryStreamReader *r, FerryStreamRecord *rec, 
         return reader_parse_round(r, rec, error);
     case FERRY_STREAM_RECORD_PAGE_REQUEST:
         return reader_parse_page_request(r, rec, len, error);
+    case FERRY_STREAM_RECORD_STATUS:
+        return reader_parse_status(r, rec, len, error);
     case FERRY_STREAM_RECORD_END:
         if (!reader_check_end(r, rec, error))
             return FALSE;

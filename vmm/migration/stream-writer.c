@@ -419,6 +419,35 @@ gboolean ferry_stream_writer_put_page_request(FerryStreamWriter *w, const FerryS
                              0, error);
 }
 
+gboolean ferry_stream_writer_put_status(FerryStreamWriter *w, FerryStreamStatus code,
+                                        const char *message, GError **error)
+{
+    if (!writer_usable(w, FERRY_STREAM_RECORD_STATUS, error))
+        return FALSE;
+    if (code < FERRY_STREAM_STATUS_READY || code > FERRY_STREAM_STATUS_FAILED) {
+        g_set_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID,
+                    "%u is not a STATUS code", (unsigned) code);
+        return FALSE;
+    }
+    /* control characters become spaces; the text is cut at a character boundary */
+    g_autofree char *text = g_utf8_make_valid(message ? message : "", -1);
+    for (char *c = text; *c; c++)
+        if ((unsigned char) *c < 0x20 || *c == 0x7f)
+            *c = ' ';
+    size_t len = strlen(text);
+    if (len > FERRY_STREAM_MAX_STATUS_MESSAGE) {
+        const char *cut = g_utf8_find_prev_char(text, text + FERRY_STREAM_MAX_STATUS_MESSAGE + 1);
+        len = (size_t) (cut - text);
+    }
+    g_autoptr(GByteArray) payload = g_byte_array_new();
+    FerryStateWriter pw = {.buf = payload};
+    ferry_state_put_u32(&pw, code);
+    ferry_state_put_u32(&pw, (uint32_t) len);
+    g_byte_array_append(payload, (const guint8 *) text, (guint) len);
+    return writer_put_record(w, FERRY_STREAM_RECORD_STATUS, payload->data, payload->len, NULL, 0,
+                             error);
+}
+
 gboolean ferry_stream_writer_flush(FerryStreamWriter *w, GError **error)
 {
     if (w->state == WRITER_BROKEN) {

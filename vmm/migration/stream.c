@@ -23,6 +23,7 @@ static const FerryStreamRecordSpec record_specs[] = {
     [FERRY_STREAM_RECORD_PAGE_REQUEST] = {"PAGE_REQUEST",
                                           PAGE_REQUEST_FIXED_LEN + PAGE_REQUEST_ENTRY_LEN,
                                           MAX_PAGE_REQUEST_PAYLOAD, FALSE, TRUE},
+    [FERRY_STREAM_RECORD_STATUS] = {"STATUS", STATUS_FIXED_LEN, MAX_STATUS_PAYLOAD, FALSE, TRUE},
 };
 static const FerryStreamRecordSpec end_spec = {"END", END_LEN, END_LEN, TRUE, TRUE};
 

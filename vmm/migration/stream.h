@@ -59,12 +59,22 @@ typedef enum {
     FERRY_STREAM_RECORD_RAM_BATCH = 3,
     FERRY_STREAM_RECORD_ROUND = 4,
     FERRY_STREAM_RECORD_PAGE_REQUEST = 5,
+    FERRY_STREAM_RECORD_STATUS = 6,
     FERRY_STREAM_RECORD_END = 0x7fff,
 } FerryStreamRecordType;
 
 /* ROUND flags. */
 #define FERRY_STREAM_ROUND_FINAL    0x1u /* the vCPUs are stopped: stop-and-copy */
 #define FERRY_STREAM_ROUND_POSTCOPY 0x2u /* the destination may run; pages may be missing */
+
+/* STATUS codes (return path): what the destination tells the source. */
+typedef enum {
+    FERRY_STREAM_STATUS_READY = 1,   /* whole state received, verified and applied: committed */
+    FERRY_STREAM_STATUS_RESUMED = 2, /* the guest runs on the destination */
+    FERRY_STREAM_STATUS_FAILED = 3,  /* the destination gives up; the message says why */
+} FerryStreamStatus;
+
+#define FERRY_STREAM_MAX_STATUS_MESSAGE 1024 /* bytes */
 
 /* One line of the human-readable configuration summary ("memory" → "1024 MiB"). */
 typedef struct {
@@ -151,6 +161,13 @@ gboolean ferry_stream_writer_put_round(FerryStreamWriter *w, uint32_t round, uin
 gboolean ferry_stream_writer_put_page_request(FerryStreamWriter *w, const FerryStreamRange *ranges,
                                               unsigned n, GError **error);
 
+/*
+ * Writes a STATUS record (return path only): @code with @message (nullable; UTF-8 without
+ * control characters, cut to FERRY_STREAM_MAX_STATUS_MESSAGE bytes at a character boundary).
+ */
+gboolean ferry_stream_writer_put_status(FerryStreamWriter *w, FerryStreamStatus code,
+                                        const char *message, GError **error);
+
 /* Pushes buffered records to the output stream (and flushes it). */
 gboolean ferry_stream_writer_flush(FerryStreamWriter *w, GError **error);
 
@@ -197,6 +214,10 @@ typedef struct {
             const FerryStreamRange *ranges;
             unsigned n;
         } page_request;
+        struct {
+            FerryStreamStatus code;
+            const char *message; /* NUL-terminated, possibly empty */
+        } status;
     };
 } FerryStreamRecord;
 

@@ -120,7 +120,8 @@ struct FerryVirtioBlk {
     char *path;
     char *serial; /* NULL or at most FERRY_DISK_SERIAL_MAX bytes */
     gboolean readonly;
-    int fd;            /* the image, locked (blk_image.h) */
+    int fd;            /* the image, locked (blk_image.h) unless !locked */
+    gboolean locked;   /* FALSE while an incoming migration has not taken the image over */
     uint64_t capacity; /* sectors */
     uint8_t config[CFG_SIZE];
 
@@ -841,7 +842,7 @@ static void blk_fill_config(FerryVirtioBlk *blk)
     c[CFG_WZ_MAY_UNMAP] = 1;
 }
 
-FerryVirtioDev *ferry_virtio_blk_new(const FerryDiskSpec *spec, GError **error)
+static FerryVirtioDev *blk_new(const FerryDiskSpec *spec, gboolean lock, GError **error)
 {
     FerryVirtioBlk *blk = g_new0(FerryVirtioBlk, 1);
     blk->dev.ops = &blk_ops;
@@ -855,9 +856,10 @@ FerryVirtioDev *ferry_virtio_blk_new(const FerryDiskSpec *spec, GError **error)
     if (spec->serial && spec->serial[0])
         blk->serial = g_strndup(spec->serial, FERRY_DISK_SERIAL_MAX);
 
-    blk->fd = ferry_blk_image_open(blk->path, blk->readonly, &blk->capacity, error);
+    blk->fd = ferry_blk_image_open(blk->path, blk->readonly, lock, &blk->capacity, error);
     if (blk->fd < 0)
         goto fail;
+    blk->locked = lock;
     blk_fill_config(blk);
 
     int r = io_uring_queue_init(FERRY_VIRTIO_BLK_QUEUE_SIZE, &blk->ring, 0);
@@ -889,6 +891,44 @@ FerryVirtioDev *ferry_virtio_blk_new(const FerryDiskSpec *spec, GError **error)
 fail:
     blk_free(&blk->dev);
     return NULL;
+}
+
+FerryVirtioDev *ferry_virtio_blk_new(const FerryDiskSpec *spec, GError **error)
+{
+    return blk_new(spec, TRUE, error);
+}
+
+FerryVirtioDev *ferry_virtio_blk_new_unlocked(const FerryDiskSpec *spec, GError **error)
+{
+    return blk_new(spec, FALSE, error);
+}
+
+gboolean ferry_virtio_blk_lock_image(FerryVirtioDev *dev, GError **error)
+{
+    FerryVirtioBlk *blk = to_blk(dev);
+    if (blk->locked)
+        return TRUE;
+    if (!ferry_blk_image_lock(blk->path, blk->fd, blk->readonly, error))
+        return FALSE;
+    blk->locked = TRUE;
+    return TRUE;
+}
+
+gboolean ferry_virtio_blk_unlock_image(FerryVirtioDev *dev, GError **error)
+{
+    FerryVirtioBlk *blk = to_blk(dev);
+    if (!blk->locked)
+        return TRUE;
+    if (!blk->readonly && fdatasync(blk->fd) < 0) {
+        int err = errno;
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(err),
+                    "cannot flush disk image '%s' before handing it over: %s", blk->path,
+                    g_strerror(err));
+        return FALSE;
+    }
+    ferry_blk_image_unlock(blk->fd);
+    blk->locked = FALSE;
+    return TRUE;
 }
 
 uint64_t ferry_virtio_blk_capacity(FerryVirtioDev *dev)

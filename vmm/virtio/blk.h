@@ -31,6 +31,18 @@
  */
 FerryVirtioDev *ferry_virtio_blk_new(const FerryDiskSpec *spec, GError **error);
 
+/*
+ * Migration hand-over of a shared image: the destination opens its disks with
+ * ferry_virtio_blk_new_unlocked() (the source still holds the lock), the source calls
+ * ferry_virtio_blk_unlock_image() once its devices are paused (flushes with fdatasync, then
+ * drops the lock; errors name the image), and the destination ferry_virtio_blk_lock_image()
+ * before the guest runs (errors as ferry_blk_image_lock(): BUSY if another process holds
+ * it).  A failed migration re-locks on the source.  Main thread, device paused.
+ */
+FerryVirtioDev *ferry_virtio_blk_new_unlocked(const FerryDiskSpec *spec, GError **error);
+gboolean ferry_virtio_blk_lock_image(FerryVirtioDev *dev, GError **error);
+gboolean ferry_virtio_blk_unlock_image(FerryVirtioDev *dev, GError **error);
+
 /* Capacity of the disk in 512-byte sectors (the configuration field, section 5.2.4). */
 uint64_t ferry_virtio_blk_capacity(FerryVirtioDev *dev);
 

@@ -100,7 +100,7 @@ static gboolean image_size(const char *path, int fd, uint64_t *size, GError **er
 }
 
 /* One writer or many readers per image, across processes (open file description lock). */
-static gboolean lock_image(const char *path, int fd, gboolean readonly, GError **error)
+gboolean ferry_blk_image_lock(const char *path, int fd, gboolean readonly, GError **error)
 {
     struct flock fl = {
         .l_type = readonly ? F_RDLCK : F_WRLCK,
@@ -123,7 +123,14 @@ static gboolean lock_image(const char *path, int fd, gboolean readonly, GError *
     return FALSE;
 }
 
-int ferry_blk_image_open(const char *path, gboolean readonly, uint64_t *sectors, GError **error)
+void ferry_blk_image_unlock(int fd)
+{
+    struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+    fcntl(fd, F_OFD_SETLK, &fl);
+}
+
+int ferry_blk_image_open(const char *path, gboolean readonly, gboolean lock, uint64_t *sectors,
+                         GError **error)
 {
     int fd = open_image(path, readonly, error);
     if (fd < 0)
@@ -146,7 +153,7 @@ int ferry_blk_image_open(const char *path, gboolean readonly, uint64_t *sectors,
                     path, size, up, path);
         goto fail;
     }
-    if (!lock_image(path, fd, readonly, error))
+    if (lock && !ferry_blk_image_lock(path, fd, readonly, error))
         goto fail;
     *sectors = size / SECTOR_SIZE;
     return fd;

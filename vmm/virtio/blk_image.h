@@ -11,7 +11,8 @@
  * Opens the raw image @path (a regular file or a block device) read-only with @readonly,
  * else read-write, close-on-exec, and takes an open-file-description lock on all of it:
  * shared for read-only, exclusive for read-write, so two VMs never write one image.  The
- * lock goes with the descriptor (close() drops it).
+ * lock goes with the descriptor (close() drops it).  With @lock FALSE no lock is taken: an
+ * incoming migration opens the image the source still holds and locks it at switch-over.
  *
  * Returns the descriptor (owned by the caller) and sets *@sectors to the size in 512-byte
  * sectors; -1 on error.  Errors are G_IO_ERROR with a message naming the image and what to
@@ -24,4 +25,11 @@
  *   G_IO_ERROR_BUSY                another process (VM) holds a conflicting lock
  *   G_IO_ERROR_FAILED and others   any other system error
  */
-int ferry_blk_image_open(const char *path, gboolean readonly, uint64_t *sectors, GError **error);
+int ferry_blk_image_open(const char *path, gboolean readonly, gboolean lock, uint64_t *sectors,
+                         GError **error);
+
+/* Takes the lock ferry_blk_image_open() takes (errors as there: G_IO_ERROR_BUSY, ...). */
+gboolean ferry_blk_image_lock(const char *path, int fd, gboolean readonly, GError **error);
+
+/* Drops the lock of @fd (migration hands the image over to the destination). */
+void ferry_blk_image_unlock(int fd);
