@@ -6,7 +6,9 @@
  *                  [--rng] [--virtio-console SPEC]
  * Signals: SIGTERM/SIGINT/SIGHUP stop the VM; SIGUSR1 presses the ACPI power button.
  * Exit status: 0 guest powered off / stopped on request, 1 error, 2 bad arguments.
+ * `ferry-vmm migrate ...` is the migration command instead (vmm/migrate_cli.h).
  */
+#include "migrate_cli.h"
 #include "vm_config.h"
 #include "util/log.h"
 #include "vm.h"
@@ -80,6 +82,8 @@ int main(int argc, char **argv)
 {
     FerryVmConfig cfg;
     g_set_prgname("ferry-vmm");
+    if (argc > 1 && g_str_equal(argv[1], "migrate"))
+        return ferry_migrate_cli_main(argc - 1, argv + 1);
     ferry_vm_config_init(&cfg);
     int status = run(&cfg, &argc, &argv);
     ferry_vm_config_clear(&cfg);

@@ -4,6 +4,7 @@
 
 #include "arch/x86/vcpu_setup.h"
 #include "util/log.h"
+#include "vcpu_throttle.h"
 #include "vm.h"
 
 #include <errno.h>
@@ -13,8 +14,6 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#define FERRY_VCPU_KICK_SIGNAL (SIGRTMIN)
 
 static void kick_handler(int sig)
 {
@@ -179,6 +178,7 @@ static gpointer vcpu_thread(gpointer data)
         if (ioctl(v->fd, KVM_RUN, 0) < 0) {
             if (errno == EINTR || errno == EAGAIN) {
                 v->run->immediate_exit = 0;
+                ferry_vcpu_throttle_point(v);
                 continue;
             }
             g_autofree char *msg =

@@ -13,8 +13,12 @@
 #include <glib.h>
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <signal.h>
 
 typedef struct FerryVm FerryVm;
+
+/* The signal ferry_vcpu_kick() sends; unblocked in vCPU threads only. */
+#define FERRY_VCPU_KICK_SIGNAL (SIGRTMIN)
 
 typedef struct {
     FerryVm *vm;           /* borrowed */
@@ -32,6 +36,12 @@ typedef struct {
     struct kvm_lapic_state reset_lapic;
     struct kvm_mp_state reset_mp_state;
     struct kvm_vcpu_events reset_events;
+    /* Auto-converge throttling (vcpu_throttle.h); all atomic. */
+    uint64_t throttle_request_ns; /* sleep this long at the next EINTR; 0 = none */
+    gint throttle_sleeping;       /* inside a throttle sleep */
+    uint64_t throttle_sleeps;     /* sleeps begun */
+    uint64_t throttle_cut_short;  /* sleeps a kick ended early */
+    uint64_t throttle_slept_ns;   /* time slept in all */
 } FerryVcpu;
 
 /* Installs the kick signal's (empty) handler; call once per process before vCPUs run. */

@@ -12,6 +12,7 @@
 #include "devices/rtc.h"
 #include "devices/serial.h"
 #include "irq_routing.h"
+#include "migration/migration.h"
 #include "pci/pci.h"
 #include "virtio/blk.h"
 #include "virtio/console.h"
@@ -20,6 +21,7 @@
 #include "virtio/rng.h"
 #include "util/log.h"
 #include "snapshot.h"
+#include "vcpu_throttle.h"
 #include "vm_control.h"
 
 #include <errno.h>
@@ -34,6 +36,7 @@
 #define FERRY_VM_REQ_STOP     (1u << 1)
 #define FERRY_VM_REQ_POWEROFF (1u << 2)
 #define FERRY_VM_REQ_RESET    (1u << 3)
+#define FERRY_VM_REQ_INCOMING_FAILED (1u << 4)
 
 static gboolean process_requests(gpointer data);
 
@@ -184,6 +187,8 @@ const char *ferry_vm_status(const FerryVm *vm)
 {
     if (vm->stopping)
         return "shutdown";
+    if (vm->incoming)
+        return "inmigrate";
     return vm->user_paused ? "paused" : "running";
 }
 
@@ -200,13 +205,88 @@ void ferry_vm_pause(FerryVm *vm)
 
 void ferry_vm_resume(FerryVm *vm)
 {
-    if (!vm->user_paused || vm->stopping)
+    if (!vm->user_paused || vm->stopping || vm->incoming)
         return;
     vm->user_paused = FALSE;
     for (guint i = 0; i < vm->devices->len; i++)
         ferry_device_resume(g_ptr_array_index(vm->devices, i));
     release_parked(vm);
     notify_state(vm, "running", NULL);
+}
+
+/* ---- migration ---- */
+
+static gboolean is_blk(FerryDevice *d, FerryVirtioDev **vdev)
+{
+    FerryVirtioPci *vp = ferry_virtio_pci_from_device(d);
+    if (!vp || !g_str_equal(ferry_virtio_pci_vdev(vp)->ops->kind, "virtio-blk"))
+        return FALSE;
+    *vdev = ferry_virtio_pci_vdev(vp);
+    return TRUE;
+}
+
+gboolean ferry_vm_lock_images(FerryVm *vm, GError **error)
+{
+    for (guint i = 0; i < vm->devices->len; i++) {
+        FerryVirtioDev *vdev;
+        if (is_blk(g_ptr_array_index(vm->devices, i), &vdev) &&
+            !ferry_virtio_blk_lock_image(vdev, error))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean ferry_vm_stop_for_migration(FerryVm *vm, gboolean *was_paused, GError **error)
+{
+    if (vm->stopping) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "the VM has shut down");
+        return FALSE;
+    }
+    *was_paused = vm->user_paused;
+    ferry_vm_pause(vm);
+    for (guint i = 0; i < vm->devices->len; i++) {
+        FerryVirtioDev *vdev;
+        if (is_blk(g_ptr_array_index(vm->devices, i), &vdev) &&
+            !ferry_virtio_blk_unlock_image(vdev, error)) {
+            ferry_vm_continue_after_migration(vm, *was_paused);
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+void ferry_vm_continue_after_migration(FerryVm *vm, gboolean was_paused)
+{
+    g_autoptr(GError) error = NULL;
+    if (!ferry_vm_lock_images(vm, &error)) {
+        /* someone took the image meanwhile: running on would corrupt it */
+        ferry_log("the VM stays paused: %s", error->message);
+        return;
+    }
+    if (!was_paused)
+        ferry_vm_resume(vm);
+}
+
+gboolean ferry_vm_finish_incoming(FerryVm *vm)
+{
+    vm->incoming = FALSE;
+    if (vm->cfg->paused || vm->stopping) {
+        vm->user_paused = TRUE;
+        notify_state(vm, "paused", NULL);
+        return FALSE;
+    }
+    release_parked(vm);
+    notify_state(vm, "running", NULL);
+    return TRUE;
+}
+
+void ferry_vm_abandon_incoming(FerryVm *vm, const char *message)
+{
+    g_mutex_lock(&vm->lock);
+    if (!vm->fatal_message)
+        vm->fatal_message = g_strdup(message);
+    g_mutex_unlock(&vm->lock);
+    post_request(vm, FERRY_VM_REQ_INCOMING_FAILED);
 }
 
 void ferry_vm_press_power_button(FerryVm *vm)
@@ -432,8 +512,10 @@ FerryVm *ferry_vm_new(const FerryVmConfig *cfg, GError **error)
      * saved machine to continue */
     if (!save_irqchip_state(vm, error))
         return NULL;
-    if (cfg->restore ? !ferry_vm_restore_from_file(vm, cfg->restore, error)
-                     : !load_guest(vm, error))
+    if (cfg->incoming)
+        vm->incoming = TRUE; /* the state comes from the migration stream */
+    else if (cfg->restore ? !ferry_vm_restore_from_file(vm, cfg->restore, error)
+                          : !load_guest(vm, error))
         return NULL;
     return g_steal_pointer(&vm);
 }
@@ -479,6 +561,11 @@ static gboolean process_requests(gpointer data)
     vm->requests = 0;
     g_mutex_unlock(&vm->lock);
 
+    if (req & FERRY_VM_REQ_INCOMING_FAILED) {
+        ferry_log("%s", vm->fatal_message);
+        finish(vm, FERRY_EXIT_ERROR, "migration-failed");
+        return G_SOURCE_REMOVE;
+    }
     if (req & FERRY_VM_REQ_FATAL) {
         ferry_log("%s", vm->fatal_message);
         finish(vm, FERRY_EXIT_ERROR, "crashed");
@@ -507,7 +594,7 @@ static gboolean process_requests(gpointer data)
         }
         notify_state(vm, "reset", NULL);
     }
-    if (!vm->user_paused)
+    if (!vm->user_paused && !vm->incoming)
         release_parked(vm);
     return G_SOURCE_REMOVE;
 }
@@ -524,6 +611,24 @@ int ferry_vm_run(FerryVm *vm)
             ferry_log("%s", error->message);
             return FERRY_EXIT_ERROR;
         }
+    }
+    vm->migration = ferry_migration_new(vm, vm->cfg->tls_dir);
+    if (vm->incoming || vm->cfg->paused) {
+        /* the vCPU threads start parked at the gate */
+        g_mutex_lock(&vm->lock);
+        vm->pausing = TRUE;
+        g_atomic_int_set(&vm->gate_closed, 1);
+        g_mutex_unlock(&vm->lock);
+        vm->user_paused = !vm->incoming;
+    }
+    if (vm->incoming && !g_str_equal(vm->cfg->incoming, "defer")) {
+        g_autoptr(GError) error = NULL;
+        g_autofree char *bound = NULL;
+        if (!ferry_migration_receive(vm->migration, vm->cfg->incoming, &bound, &error)) {
+            ferry_log("cannot receive a migration on %s: %s", vm->cfg->incoming, error->message);
+            return FERRY_EXIT_ERROR;
+        }
+        ferry_log("waiting for an incoming migration on %s", bound);
     }
     for (unsigned i = 0; i < vm->nr_vcpus; i++) {
         g_autoptr(GError) error = NULL;
@@ -551,12 +656,14 @@ void ferry_vm_free(FerryVm *vm)
 {
     if (!vm)
         return;
+    ferry_vcpu_throttle_cleanup(vm); /* its thread kicks the vCPUs */
     if (vm->vcpus) {
         stop_vcpus(vm);
         for (unsigned i = 0; i < vm->nr_vcpus; i++)
             ferry_vcpu_free(vm->vcpus[i]);
         g_free(vm->vcpus);
     }
+    ferry_migration_free(vm->migration); /* joins its threads, which use the VM */
     if (vm->control)
         ferry_control_free(vm->control);
     g_ptr_array_unref(vm->devices); /* virtio devices stop their I/O threads here */

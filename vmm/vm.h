@@ -45,6 +45,8 @@ struct FerryVm {
     int exit_status;
     struct FerryControl *control; /* NULL without --control-socket */
     gboolean user_paused;         /* paused by the control API (main thread only) */
+    gboolean incoming;            /* waiting for an incoming migration (main thread only) */
+    struct FerryMigration *migration; /* the migration engine (created by run()) */
 
     /* Run gate shared with the vCPU threads (vm.c). */
     GMutex lock;
@@ -84,10 +86,30 @@ void ferry_vm_request_reset(FerryVm *vm);
 void ferry_vm_pause(FerryVm *vm);
 void ferry_vm_resume(FerryVm *vm);
 
+/*
+ * Migration hooks (main thread).  ferry_vm_stop_for_migration() pauses the VM (as `pause`;
+ * *@was_paused tells whether it already was) and hands the disk images over (flush, unlock);
+ * on error the VM runs on as before.  ferry_vm_continue_after_migration() undoes it after a
+ * failed migration: images locked again, resumed unless @was_paused.
+ */
+gboolean ferry_vm_stop_for_migration(FerryVm *vm, gboolean *was_paused, GError **error);
+void ferry_vm_continue_after_migration(FerryVm *vm, gboolean was_paused);
+
+/* Takes the disk images' locks (no-op for those held); errors name the image. */
+gboolean ferry_vm_lock_images(FerryVm *vm, GError **error);
+
+/*
+ * Destination: the incoming state is applied; the vCPUs run unless --paused.  Returns TRUE
+ * if the guest now runs.  ferry_vm_abandon_incoming() (any thread) ends ferry-vmm with exit
+ * status 1 after printing @message: the guest never ran.
+ */
+gboolean ferry_vm_finish_incoming(FerryVm *vm);
+void ferry_vm_abandon_incoming(FerryVm *vm, const char *message);
+
 /* Presses the ACPI power button (any thread, also a signal source on the main loop). */
 void ferry_vm_press_power_button(FerryVm *vm);
 
-/* "running", "paused" or "shutdown" (main thread). */
+/* "running", "paused", "inmigrate" or "shutdown" (main thread). */
 const char *ferry_vm_status(const FerryVm *vm);
 
 /*

@@ -30,6 +30,8 @@ void ferry_vm_config_clear(FerryVmConfig *cfg)
     g_free(cfg->cmdline);
     g_free(cfg->control_socket);
     g_free(cfg->restore);
+    g_free(cfg->incoming);
+    g_free(cfg->tls_dir);
     ferry_chardev_spec_clear(&cfg->serial);
     ferry_chardev_spec_clear(&cfg->virtio_console);
     if (cfg->disks)
@@ -416,6 +418,10 @@ static gboolean opt_string(const char *name, const char *value, gpointer data, G
         slot = &cfg->name;
     else if (g_str_equal(name, "--restore"))
         slot = &cfg->restore;
+    else if (g_str_equal(name, "--incoming"))
+        slot = &cfg->incoming;
+    else if (g_str_equal(name, "--tls-dir"))
+        slot = &cfg->tls_dir;
     g_assert(slot);
     if (value[0] == '\0' && slot != &cfg->cmdline) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "%s needs a value", name);
@@ -452,6 +458,18 @@ gboolean ferry_vm_config_parse_args(FerryVmConfig *cfg, int *argc, char ***argv,
         {"restore", 0, 0, G_OPTION_ARG_CALLBACK, opt_string,
          "Continue a VM saved by the control API's save; give the options it ran with",
          "FILE"},
+        {"incoming", 0, 0, G_OPTION_ARG_CALLBACK, opt_string,
+         "Wait for a live migration on URI (tcp:HOST:PORT, tls:HOST:PORT, unix:PATH, fd:N), "
+         "or 'defer' to be told by the control API's migrate-receive; give the options the "
+         "source runs with",
+         "URI|defer"},
+        {"tls-dir", 0, 0, G_OPTION_ARG_CALLBACK, opt_string,
+         "Certificates for tls: migrations: ca-cert.pem, server-cert.pem, server-key.pem, "
+         "client-cert.pem, client-key.pem (default /etc/pki/ferry)",
+         "DIR"},
+        {"paused", 0, 0, G_OPTION_ARG_NONE, &cfg->paused,
+         "Leave the vCPUs stopped once the guest is loaded (resume with the control API)",
+         NULL},
         {"control-socket", 0, 0, G_OPTION_ARG_CALLBACK, opt_string,
          "Unix socket for the JSON-RPC control API", "PATH"},
         {"name", 0, 0, G_OPTION_ARG_CALLBACK, opt_string, "VM name used in messages", "NAME"},
@@ -493,6 +511,17 @@ gboolean ferry_vm_config_parse_args(FerryVmConfig *cfg, int *argc, char ***argv,
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                     "--virtio-console stdio needs the serial console elsewhere: add --serial "
                     "off, pty, file=PATH or socket=PATH");
+        return FALSE;
+    }
+    if (cfg->incoming && cfg->restore) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "--incoming and --restore both give the guest's state; use one");
+        return FALSE;
+    }
+    if (cfg->incoming && g_str_equal(cfg->incoming, "defer") && !cfg->control_socket) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "--incoming defer waits for migrate-receive on the control socket: add "
+                    "--control-socket PATH");
         return FALSE;
     }
     if (!cfg->kernel) {

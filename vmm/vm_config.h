@@ -49,6 +49,9 @@ typedef struct {
     FerryChardevSpec serial;
     char *control_socket; /* path or NULL, owned */
     char *restore;        /* --restore: a saved state stream to start from, or NULL; owned */
+    char *incoming;       /* --incoming: migration URI to receive on, "defer", or NULL; owned */
+    char *tls_dir;        /* --tls-dir: migration certificates, NULL = /etc/pki/ferry; owned */
+    gboolean paused;      /* --paused: vCPUs stay stopped after start/restore/incoming */
     FerryOnReboot on_reboot;
     GArray *disks;        /* FerryDiskSpec, in command-line order */
     GArray *nets;         /* FerryNetSpec, in command-line order */

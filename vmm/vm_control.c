@@ -3,6 +3,7 @@
 #include "snapshot.h"
 
 #include "devices/device.h"
+#include "migration/migration.h"
 #include "virtio/blk.h"
 #include "virtio/net.h"
 #include "virtio/pci.h"
@@ -381,9 +382,32 @@ static JsonNode *pause_vm(void *opaque, JsonObject *params, GError **error)
     return NULL;
 }
 
+/* Refuses what would disturb a running migration (e.g. "reset"). */
+static gboolean migration_allows(FerryVm *vm, const char *what, GError **error)
+{
+    if (vm->incoming) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                    "cannot %s: the VM is waiting for its incoming migration", what);
+        return FALSE;
+    }
+    if (ferry_migration_busy(vm->migration)) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                    "cannot %s while a migration is %s; cancel it first (migrate-cancel)", what,
+                    ferry_migration_status_name(ferry_migration_status(vm->migration)));
+        return FALSE;
+    }
+    return TRUE;
+}
+
 static JsonNode *resume_vm(void *opaque, JsonObject *params, GError **error)
 {
-    ferry_vm_resume(opaque);
+    FerryVm *vm = opaque;
+    if (!migration_allows(vm, "resume", error))
+        return NULL;
+    /* after a migration the disk images belong to the destination until taken back */
+    if (vm->user_paused && !ferry_vm_lock_images(vm, error))
+        return NULL;
+    ferry_vm_resume(vm);
     return NULL;
 }
 
@@ -395,6 +419,8 @@ static JsonNode *powerdown_vm(void *opaque, JsonObject *params, GError **error)
 
 static JsonNode *reset_vm(void *opaque, JsonObject *params, GError **error)
 {
+    if (!migration_allows(opaque, "reset", error))
+        return NULL;
     ferry_vm_request_reset(opaque);
     return NULL;
 }
@@ -426,6 +452,8 @@ static JsonNode *save_vm(void *opaque, JsonObject *params, GError **error)
                     "the VM has shut down; there is nothing to save");
         return NULL;
     }
+    if (!migration_allows(vm, "save", error))
+        return NULL;
     ferry_vm_pause(vm);
     gint64 start = g_get_monotonic_time();
     FerryStreamStats st;
@@ -444,7 +472,98 @@ static JsonNode *save_vm(void *opaque, JsonObject *params, GError **error)
     return n;
 }
 
+/* ---- migration (docs/control-api.md "Migration") ---- */
+
+static const char *string_param(JsonObject *params, const char *name)
+{
+    if (!params || !json_object_has_member(params, name))
+        return NULL;
+    JsonNode *n = json_object_get_member(params, name);
+    if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_STRING)
+        return NULL;
+    return json_node_get_string(n);
+}
+
+static JsonNode *migrate_send(void *opaque, JsonObject *params, GError **error)
+{
+    FerryVm *vm = opaque;
+    const char *uri = string_param(params, "uri");
+    const char *mode = string_param(params, "mode");
+    if (!uri || !*uri) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "migrate-send needs {\"uri\": \"tls:HOST:PORT\" (or tcp:, unix:, fd:)}");
+        return NULL;
+    }
+    FerryMigrationMode m = FERRY_MIGRATION_MODE_LIVE;
+    if (mode && g_str_equal(mode, "warm"))
+        m = FERRY_MIGRATION_MODE_WARM;
+    else if (mode && !g_str_equal(mode, "live")) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "migration mode '%s' is unknown: use \"live\" or \"warm\"", mode);
+        return NULL;
+    }
+    if (!ferry_migration_set_params(vm->migration, params, error) ||
+        !ferry_migration_send(vm->migration, uri, m, error))
+        return NULL;
+    return NULL;
+}
+
+static JsonNode *migrate_receive(void *opaque, JsonObject *params, GError **error)
+{
+    FerryVm *vm = opaque;
+    const char *uri = string_param(params, "uri");
+    if (!uri || !*uri) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "migrate-receive needs {\"uri\": \"tls:HOST:PORT\" (or tcp:, unix:, fd:)}");
+        return NULL;
+    }
+    g_autofree char *bound = NULL;
+    if (!ferry_migration_receive(vm->migration, uri, &bound, error))
+        return NULL;
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "uri", bound);
+    return take_object(o);
+}
+
+static JsonNode *migrate_set_parameters(void *opaque, JsonObject *params, GError **error)
+{
+    FerryVm *vm = opaque;
+    if (params && (json_object_has_member(params, "uri") || json_object_has_member(params, "mode"))) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "\"uri\" and \"mode\" are arguments of migrate-send, not parameters");
+        return NULL;
+    }
+    ferry_migration_set_params(vm->migration, params, error);
+    return NULL;
+}
+
+static JsonNode *query_migrate(void *opaque, JsonObject *params, GError **error)
+{
+    FerryVm *vm = opaque;
+    return take_object(ferry_migration_query(vm->migration));
+}
+
+static JsonNode *migrate_cancel(void *opaque, JsonObject *params, GError **error)
+{
+    FerryVm *vm = opaque;
+    ferry_migration_cancel(vm->migration, error);
+    return NULL;
+}
+
+static JsonNode *migrate_start_postcopy(void *opaque, JsonObject *params, GError **error)
+{
+    FerryVm *vm = opaque;
+    ferry_migration_start_postcopy(vm->migration, error);
+    return NULL;
+}
+
 const FerryControlMethod ferry_vm_control_methods[] = {
+    {"migrate-send", migrate_send},
+    {"migrate-receive", migrate_receive},
+    {"migrate-set-parameters", migrate_set_parameters},
+    {"query-migrate", query_migrate},
+    {"migrate-cancel", migrate_cancel},
+    {"migrate-start-postcopy", migrate_start_postcopy},
     {"query-status", query_status},
     {"query-config", query_config},
     {"stats", stats},

@@ -180,11 +180,12 @@ class Workload:
     """One guest with the memory verifier, the disk loop and the UDP streams,
     saved and restored in new processes."""
 
-    def __init__(self, spawn_vmm, ns, guest, tmp_path):
+    def __init__(self, spawn_vmm, ns, guest, tmp_path, tap=None):
+        """TAP: an existing interface in NS to use instead of a new host_tap()."""
         self.spawn_vmm, self.ns, self.guest, self.dir = spawn_vmm, ns, guest, tmp_path
         self.sock = tmp_path / 'ctl.sock'
         self.img = virtiotest.make_image(tmp_path / 'disk.img', 16)
-        self.tap = host_tap(ns)
+        self.tap = tap or host_tap(ns)
         self.cmdline = ('ferry.quiet ferry.dirty=32 '
                         'ferry.blk=loop ferry.blk.mib=%d ferry.blk.req=256 ferry.blk.qd=8 '
                         'ferry.net.ip=%s/24 ferry.net.peer=%s:%d ferry.net.rate=%d'

@@ -515,6 +515,87 @@ static void test_roundtrip_return_path(void)
     g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID);
 }
 
+/* STATUS (return path): round trip, cleaning of messages, and malformed payloads. */
+static void test_status_records(void)
+{
+    g_autoptr(GOutputStream) out = mem_out();
+    g_autoptr(FerryStreamWriter) w =
+        ferry_stream_writer_new(out, FERRY_STREAM_FLAG_RETURN_PATH, NULL);
+    FerryStreamConfig c;
+    g_autoptr(GError) error = NULL;
+    config_a(&c);
+    g_assert_true(ferry_stream_writer_put_header(w, &c, NULL));
+    g_assert_true(ferry_stream_writer_put_status(w, FERRY_STREAM_STATUS_READY, NULL, NULL));
+    g_assert_true(ferry_stream_writer_put_status(w, FERRY_STREAM_STATUS_RESUMED, "", NULL));
+    g_assert_true(ferry_stream_writer_put_status(w, FERRY_STREAM_STATUS_FAILED,
+                                                 "disk 'ü.img'\nbusy\t", NULL));
+    /* 1023 ASCII bytes then a 2-byte character: cut before it, not inside */
+    g_autofree char *longmsg = g_strnfill(1023, 'x');
+    g_autofree char *longer = g_strconcat(longmsg, "é and more", NULL);
+    g_assert_true(ferry_stream_writer_put_status(w, FERRY_STREAM_STATUS_FAILED, longer, NULL));
+    g_assert_false(ferry_stream_writer_put_status(w, 7, NULL, &error));
+    g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID);
+    g_clear_error(&error);
+    g_assert_true(ferry_stream_writer_put_end(w, NULL));
+    g_autoptr(GBytes) bytes = mem_out_bytes(out);
+
+    g_autoptr(GInputStream) in = g_memory_input_stream_new_from_bytes(bytes);
+    g_autoptr(FerryStreamReader) r = ferry_stream_reader_new(
+        in, FERRY_STREAM_FLAG_RETURN_PATH, &c, ram_layout, G_N_ELEMENTS(ram_layout), NULL);
+    FerryStreamRecord rec;
+    g_assert_true(ferry_stream_reader_read_header(r, &error));
+    g_assert_true(ferry_stream_reader_next(r, &rec, &error));
+    g_assert_cmpint(rec.type, ==, FERRY_STREAM_RECORD_STATUS);
+    g_assert_cmpint(rec.status.code, ==, FERRY_STREAM_STATUS_READY);
+    g_assert_cmpstr(rec.status.message, ==, "");
+    g_assert_true(ferry_stream_reader_next(r, &rec, &error));
+    g_assert_cmpint(rec.status.code, ==, FERRY_STREAM_STATUS_RESUMED);
+    g_assert_true(ferry_stream_reader_next(r, &rec, &error));
+    g_assert_cmpint(rec.status.code, ==, FERRY_STREAM_STATUS_FAILED);
+    g_assert_cmpstr(rec.status.message, ==, "disk 'ü.img' busy ");
+    g_assert_true(ferry_stream_reader_next(r, &rec, &error));
+    g_assert_cmpstr(rec.status.message, ==, longmsg);
+    g_assert_true(ferry_stream_reader_next(r, &rec, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(rec.type, ==, FERRY_STREAM_RECORD_END);
+
+    /* a forward stream has no STATUS */
+    g_autoptr(GOutputStream) out2 = mem_out();
+    g_autoptr(FerryStreamWriter) fw = ferry_stream_writer_new(out2, 0, NULL);
+    g_assert_true(ferry_stream_writer_put_header(fw, &c, NULL));
+    g_assert_false(ferry_stream_writer_put_status(fw, FERRY_STREAM_STATUS_READY, NULL, &error));
+    g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID);
+    g_clear_error(&error);
+
+    /* malformed payloads: bad codes, length fields that disagree, bytes that are not text */
+    static const struct {
+        uint32_t code, n;
+        const char *text;
+        size_t len;
+    } bad[] = {
+        {0, 0, "", 0},          {4, 0, "", 0},        {1, 5, "abc", 3},
+        {3, 2, "abc", 3},       {3, 2, "\xff\xfe", 2}, {3, 3, "a\0b", 3},
+        {3, 2000, "", 0},
+    };
+    for (unsigned i = 0; i < G_N_ELEMENTS(bad); i++) {
+        uint8_t p[16] = {0};
+        put_le(p, bad[i].code, 4);
+        put_le(p + 4, bad[i].n, 4);
+        memcpy(p + 8, bad[i].text, bad[i].len);
+        g_autoptr(GArray) recs = raw_with_config();
+        raw_add(recs, FERRY_STREAM_RECORD_STATUS, p, 8 + bad[i].len);
+        g_autoptr(GBytes) b = raw_stream(1, FERRY_STREAM_FLAG_RETURN_PATH, recs, TRUE);
+        g_assert_false(read_stream_full(b, FERRY_STREAM_FLAG_RETURN_PATH, NULL, NULL, 0, NULL,
+                                        &error));
+        g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID);
+        g_clear_error(&error);
+    }
+    /* a STATUS in a forward stream is refused by the reader too */
+    uint8_t ok[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+    expect_record_fails(TRUE, FERRY_STREAM_RECORD_STATUS, ok, sizeof(ok),
+                        FERRY_STREAM_ERROR_UNKNOWN_RECORD, NULL);
+}
+
 static void test_roundtrip_small(void)
 {
     g_autoptr(GBytes) bytes = small_stream();
@@ -1170,6 +1251,7 @@ int main(int argc, char **argv)
     g_test_add_func("/stream/roundtrip/forward", test_roundtrip_forward);
     g_test_add_func("/stream/roundtrip/return-path", test_roundtrip_return_path);
     g_test_add_func("/stream/roundtrip/small", test_roundtrip_small);
+    g_test_add_func("/stream/status", test_status_records);
     g_test_add_func("/stream/roundtrip/pipe-chunks", test_pipe_chunks);
     g_test_add_func("/stream/zero-pages-cost-flags", test_zero_pages_cost_flags);
     g_test_add_func("/stream/compression", test_compression);

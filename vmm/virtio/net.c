@@ -17,6 +17,9 @@
  * Every wakeup handles at most NET_BUDGET frames per direction and signals each queue once
  * per batch, so that transmit and receive both progress under load.
  *
+ * Announce (ferry_virtio_net_announce): after a migration the host side of the TAP sends
+ * RARP frames in the guest's name on the I/O thread, so that switches learn its new port.
+ *
  * Locking: the transport calls the ops with @vdev.lock held; the device's own sources (TAP
  * readable, the deferred-work source) take it themselves.  Sources are attached to and
  * destroyed on the I/O thread's context from any thread (both thread-safe in GLib); a
@@ -39,6 +42,12 @@
 #define GSO_MAX_FRAME     (65536 + ETH_OVERHEAD)
 /* Larger than any frame the TAP gives, so a full bounce buffer means "truncated". */
 #define BOUNCE_SIZE (NET_HDR_LEN + GSO_MAX_FRAME + 64)
+
+/* Announce: ANNOUNCE_ROUNDS frames, the first ANNOUNCE_FIRST_MS after the call, each gap
+ * ANNOUNCE_STEP_MS longer than the one before (gaps of 50, 150, 250, 350, 450 ms). */
+#define ANNOUNCE_ROUNDS   5
+#define ANNOUNCE_FIRST_MS 50
+#define ANNOUNCE_STEP_MS  100
 
 G_STATIC_ASSERT(FERRY_VIRTIO_NET_QUEUE_SIZE <= FERRY_VIRTQ_MAX_SIZE);
 
@@ -73,6 +82,9 @@ typedef struct {
     RxBuf rx_bufs[FERRY_VIRTIO_NET_QUEUE_SIZE];
     GArray *rx_iov; /* struct iovec of the held rx_bufs */
     GArray *rx_gpa; /* uint64_t, parallel to rx_iov */
+
+    GSource *announce_src;  /* the next announce frame's timer; NULL when none */
+    unsigned announce_sent; /* frames of the current announce sent so far */
 
     FerryVirtioNetStats stats;
     gboolean warned_rx, warned_tx; /* an unexpected TAP error was logged */
@@ -448,6 +460,89 @@ static gboolean kick_ready(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
+/* ---- announce ------------------------------------------------------------------------- */
+
+void ferry_virtio_net_rarp_frame(const uint8_t mac[6], uint8_t frame[FERRY_VIRTIO_NET_RARP_LEN])
+{
+    /* Ethernet II header: broadcast, from the guest, EtherType 0x8035 (RARP). */
+    memset(frame, 0, FERRY_VIRTIO_NET_RARP_LEN);
+    memset(frame, 0xff, 6);
+    memcpy(frame + 6, mac, 6);
+    frame[12] = 0x80;
+    frame[13] = 0x35;
+    /* RFC 903 (the ARP packet of RFC 826): hardware Ethernet (1), protocol IPv4 (0x0800),
+     * address lengths 6 and 4, opcode 3 "request reverse"; the sender and target hardware
+     * addresses are the guest's, the protocol addresses 0.0.0.0.  The rest is padding. */
+    uint8_t *arp = frame + 14;
+    arp[1] = 1;
+    arp[2] = 0x08;
+    arp[4] = 6;
+    arp[5] = 4;
+    arp[7] = 3;
+    memcpy(arp + 8, mac, 6);
+    memcpy(arp + 18, mac, 6);
+}
+
+/* Writes one RARP frame, with the all-zero virtio-net header the TAP expects.  Lock held. */
+static void send_rarp(FerryVirtioNet *net)
+{
+    uint8_t buf[NET_HDR_LEN + FERRY_VIRTIO_NET_RARP_LEN];
+    memset(buf, 0, NET_HDR_LEN); /* no checksum or GSO: a plain frame (5.1.6) */
+    ferry_virtio_net_rarp_frame(net->mac, buf + NET_HDR_LEN);
+    ssize_t n;
+    do {
+        n = write(net->tap->fd, buf, sizeof(buf));
+    } while (n < 0 && errno == EINTR);
+    if (n != (ssize_t) sizeof(buf) && !net->warned_tx) {
+        ferry_log("%s: writing an announce frame to TAP %s failed: %s", net->vdev.id,
+                  net->tap->name, n < 0 ? g_strerror(errno) : "short write");
+        net->warned_tx = TRUE;
+    }
+}
+
+static gboolean announce_ready(gpointer data);
+
+/* Arms the timer for the next frame of the announce.  Lock held. */
+static void announce_schedule(FerryVirtioNet *net)
+{
+    unsigned ms = ANNOUNCE_FIRST_MS + net->announce_sent * ANNOUNCE_STEP_MS;
+    net->announce_src = g_timeout_source_new(ms);
+    g_source_set_callback(net->announce_src, announce_ready, net, NULL);
+    g_source_attach(net->announce_src, net->ctx);
+}
+
+static void announce_cancel(FerryVirtioNet *net)
+{
+    if (net->announce_src) {
+        g_source_destroy(net->announce_src);
+        g_clear_pointer(&net->announce_src, g_source_unref);
+    }
+}
+
+static gboolean announce_ready(gpointer data)
+{
+    FerryVirtioNet *net = data;
+    g_mutex_lock(&net->vdev.lock);
+    if (net->announce_src == g_main_current_source()) {
+        g_clear_pointer(&net->announce_src, g_source_unref);
+        send_rarp(net);
+        if (++net->announce_sent < ANNOUNCE_ROUNDS)
+            announce_schedule(net);
+    }
+    g_mutex_unlock(&net->vdev.lock);
+    return G_SOURCE_REMOVE;
+}
+
+void ferry_virtio_net_announce(FerryVirtioDev *dev)
+{
+    FerryVirtioNet *net = (FerryVirtioNet *) dev;
+    g_mutex_lock(&dev->lock);
+    announce_cancel(net);
+    net->announce_sent = 0;
+    announce_schedule(net);
+    g_mutex_unlock(&dev->lock);
+}
+
 /* ---- ops ------------------------------------------------------------------------------ */
 
 static uint64_t net_get_features(FerryVirtioDev *dev)
@@ -604,6 +699,7 @@ static void net_free(FerryVirtioDev *dev)
 {
     FerryVirtioNet *net = (FerryVirtioNet *) dev;
     stop_io(net);
+    announce_cancel(net);
     ferry_tap_close(net->tap);
     g_free(net->elem);
     g_free(net->bounce);

@@ -65,3 +65,24 @@ void ferry_virtio_net_get_stats(FerryVirtioDev *dev, FerryVirtioNetStats *stats)
 
 /* The TAP interface's name ("ftap0"), for messages.  Borrowed, valid for the device's life. */
 const char *ferry_virtio_net_ifname(FerryVirtioDev *dev);
+
+/*
+ * Announces the guest's new location after a migration: writes 5 RARP frames in its name to
+ * the TAP (so every bridge and switch on the way learns the MAC's new port), each 50, 150,
+ * 250, 350 and 450 ms after the one before (the first 50 ms after the call; the last at
+ * 1.25 s).  Each is ferry_virtio_net_rarp_frame() behind an all-zero virtio-net header.  The
+ * timers run on the device's I/O thread (the context realize took; before realize, GLib's
+ * default context); a new call restarts the series, freeing the device cancels it.  Works
+ * whatever the driver's state: the guest is not involved.  Any thread; takes the device's
+ * lock.
+ */
+void ferry_virtio_net_announce(FerryVirtioDev *dev);
+
+#define FERRY_VIRTIO_NET_RARP_LEN 60 /* bytes: Ethernet header + RARP packet + padding */
+
+/*
+ * The announce frame for @mac: Ethernet broadcast from @mac, EtherType 0x8035, and an RFC 903
+ * RARP "request reverse" (opcode 3) whose sender and target hardware addresses are @mac and
+ * protocol addresses 0.0.0.0, zero-padded to the 60-byte Ethernet minimum.
+ */
+void ferry_virtio_net_rarp_frame(const uint8_t mac[6], uint8_t frame[FERRY_VIRTIO_NET_RARP_LEN]);

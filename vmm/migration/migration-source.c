@@ -1,0 +1,652 @@
+/*
+ * The source side of a migration (migration.h): connect, pre-copy rounds, stop-and-copy,
+ * wait for the destination's "ready".  docs/migration-protocol.md "Live migration" describes
+ * the records; docs/control-api.md "Migration" the guarantees.
+ *
+ * Correctness of pre-copy rests on one order, per chunk of RAM: take the chunk's dirty bits
+ * (which re-protects those pages in KVM and clears the VMM-side bits) BEFORE reading the
+ * pages.  A write that lands after the take is in the next round's log; a write before it is
+ * in the copy being sent.  The final round runs with every vCPU parked and every device
+ * paused, so its log is complete.
+ */
+#include "migration/migration-internal.h"
+
+#include "migration/dirty.h"
+#include "snapshot.h"
+#include "util/log.h"
+#include "util/state.h"
+#include "vcpu_throttle.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PAGE FERRY_PAGE_SIZE
+#define RP_HEADER_TIMEOUT_US (30 * G_TIME_SPAN_SECOND)
+#define RESUMED_WAIT_US      (5 * G_TIME_SPAN_SECOND)
+/* Rounds shorter than this in bytes do not update the bandwidth estimate. */
+#define BANDWIDTH_MIN_SAMPLE (4u << 20)
+/* Stream bytes of the switch-over besides RAM, per vCPU and per device (an estimate). */
+#define STATE_BYTES_PER_VCPU   (24u << 10)
+#define STATE_BYTES_PER_DEVICE (4u << 10)
+
+typedef struct Source Source;
+
+/* One data connection and the thread that fills it in a round. */
+typedef struct {
+    Source *s;
+    unsigned index;
+    GIOStream *conn;
+    FerryStreamWriter *w;
+    GThread *thread;
+    GError *error;          /* of the last round */
+    gboolean send_all_data; /* round 0 / warm: every page that holds data */
+    gboolean end;           /* write END after the round (final) */
+} Channel;
+
+struct Source {
+    FerryMigration *m;
+    FerryVm *vm;
+    FerrySourceJob *job;
+    FerryMigrationParams params; /* refreshed every round */
+    FerryVmIdentity *identity;
+    unsigned n;
+    Channel ch[FERRY_MIGRATION_MAX_CONNECTIONS];
+    FerryDirtyLog *log;
+    uint64_t session;
+
+    /* rate limiting over all connections */
+    GMutex rl_lock;
+    gint64 rl_next_us;
+
+    /* the return path (destination → source), read by its own thread */
+    GThread *rp_thread;
+    GMutex rp_lock;
+    GCond rp_cond;
+    gboolean rp_header;  /* the destination's CONFIG matched */
+    gboolean rp_ready, rp_failed, rp_done;
+    gint64 rp_header_us, rp_ready_us, rp_resumed_us;
+    char *rp_error;
+
+    /* switch-over */
+    gboolean vm_stopped; /* this migration paused the VM */
+    gboolean was_paused; /* ...which had been paused by the user before */
+    gboolean end_sent;   /* every byte of the stream is out: the destination may own the VM */
+    gint64 pause_us;
+    gint64 rtt_us;
+};
+
+/* ---- the return path ---- */
+
+static gpointer return_path_thread(gpointer data)
+{
+    Source *s = data;
+    GInputStream *in = g_io_stream_get_input_stream(s->ch[0].conn);
+    FerryStreamRange ram[FERRY_MAX_RAM_REGIONS];
+    unsigned n_ram = ferry_vm_ram_ranges(s->vm, ram);
+    g_autoptr(FerryStreamReader) r =
+        ferry_stream_reader_new(in, FERRY_STREAM_FLAG_RETURN_PATH,
+                                ferry_vm_identity_config(s->identity), ram, n_ram, NULL);
+    g_autoptr(GError) error = NULL;
+    gboolean ok = ferry_stream_reader_read_header(r, &error);
+    g_mutex_lock(&s->rp_lock);
+    if (ok) {
+        s->rp_header = TRUE;
+        s->rp_header_us = g_get_monotonic_time();
+    } else if (g_error_matches(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_CONFIG_MISMATCH)) {
+        s->rp_error = g_strdup_printf("the destination VM is configured differently (\"in the "
+                                      "stream\" is the destination, \"here\" this VM): %s",
+                                      error->message);
+    } else {
+        s->rp_error = g_strdup_printf("the destination did not answer as a ferry-vmm "
+                                      "migration destination: %s",
+                                      error->message);
+    }
+    g_cond_broadcast(&s->rp_cond);
+    g_mutex_unlock(&s->rp_lock);
+
+    while (ok) {
+        FerryStreamRecord rec;
+        g_clear_error(&error);
+        ok = ferry_stream_reader_next(r, &rec, &error);
+        g_mutex_lock(&s->rp_lock);
+        if (!ok) {
+            if (!s->rp_error)
+                s->rp_error = g_strdup_printf("connection to the destination lost: %s",
+                                              error->message);
+        } else if (rec.type == FERRY_STREAM_RECORD_STATUS) {
+            switch (rec.status.code) {
+            case FERRY_STREAM_STATUS_READY:
+                s->rp_ready = TRUE;
+                s->rp_ready_us = g_get_monotonic_time();
+                break;
+            case FERRY_STREAM_STATUS_RESUMED:
+                s->rp_resumed_us = g_get_monotonic_time();
+                break;
+            case FERRY_STREAM_STATUS_FAILED:
+                s->rp_failed = TRUE;
+                g_free(s->rp_error);
+                s->rp_error = g_strdup_printf("the destination failed: %s", rec.status.message);
+                break;
+            }
+        } else if (rec.type == FERRY_STREAM_RECORD_END) {
+            ok = FALSE;
+        }
+        g_cond_broadcast(&s->rp_cond);
+        g_mutex_unlock(&s->rp_lock);
+    }
+    g_mutex_lock(&s->rp_lock);
+    s->rp_done = TRUE;
+    g_cond_broadcast(&s->rp_cond);
+    g_mutex_unlock(&s->rp_lock);
+    return NULL;
+}
+
+/* The destination's error so far, as a GError (FALSE), or TRUE if all is well. */
+static gboolean return_path_ok(Source *s, GError **error)
+{
+    g_mutex_lock(&s->rp_lock);
+    gboolean bad = s->rp_failed || (s->rp_done && !s->rp_ready) || (s->rp_error && !s->rp_ready);
+    if (bad)
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s",
+                    s->rp_error ? s->rp_error : "the destination closed the connection");
+    g_mutex_unlock(&s->rp_lock);
+    return !bad;
+}
+
+/* ---- sending RAM ---- */
+
+static gboolean cancelled(Source *s, GError **error)
+{
+    if (!g_cancellable_is_cancelled(s->m->cancel))
+        return FALSE;
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED, "the migration was cancelled");
+    return TRUE;
+}
+
+/* Waits until @bytes more may be sent under max-bandwidth (all connections together). */
+static gboolean rate_limit(Source *s, uint64_t bytes, GError **error)
+{
+    g_mutex_lock(&s->m->lock);
+    uint64_t bw = s->m->params.max_bandwidth;
+    g_mutex_unlock(&s->m->lock);
+    if (!bw)
+        return TRUE;
+    g_mutex_lock(&s->rl_lock);
+    gint64 now = g_get_monotonic_time();
+    /* a connection idle for a while gets no more than 50 ms of credit */
+    if (s->rl_next_us < now - 50 * G_TIME_SPAN_MILLISECOND)
+        s->rl_next_us = now - 50 * G_TIME_SPAN_MILLISECOND;
+    s->rl_next_us += (gint64) (bytes * G_USEC_PER_SEC / bw);
+    gint64 until = s->rl_next_us;
+    g_mutex_unlock(&s->rl_lock);
+    while ((now = g_get_monotonic_time()) < until) {
+        if (cancelled(s, error))
+            return FALSE;
+        g_usleep(MIN(until - now, 20 * G_TIME_SPAN_MILLISECOND));
+    }
+    return TRUE;
+}
+
+/* Sets in @bits the pages of [@first, @first + @npages) of region @r that hold data (not
+ * memfd holes, which are zero and were never touched). */
+static void data_pages(FerryGuestMemory *mem, const FerryMemRegion *r, uint64_t first,
+                       uint64_t npages, uint64_t *bits)
+{
+    off_t start = (off_t) (r->fd_offset + first * PAGE);
+    off_t end = start + (off_t) (npages * PAGE);
+    off_t pos = start;
+    memset(bits, 0, (npages + 63) / 64 * 8);
+    while (pos < end) {
+        off_t data = lseek(mem->memfd, pos, SEEK_DATA);
+        if (data < 0 && errno == ENXIO)
+            return;
+        if (data < 0)
+            data = pos; /* no SEEK_DATA: everything */
+        if (data >= end)
+            return;
+        off_t hole = lseek(mem->memfd, data, SEEK_HOLE);
+        if (hole < 0 || hole > end)
+            hole = end;
+        for (uint64_t p = (uint64_t) (data - start) / PAGE; p < (uint64_t) (hole - start + PAGE - 1) / PAGE;
+             p++)
+            bits[p / 64] |= 1ull << (p % 64);
+        pos = hole;
+    }
+}
+
+/* Sends this channel's chunks for one round (dirty pages, or all data in round 0). */
+static gboolean channel_send_round(Channel *c, GError **error)
+{
+    Source *s = c->s;
+    FerryGuestMemory *mem = s->vm->mem;
+    uint64_t bits[FERRY_MIGRATION_CHUNK_PAGES / 64];
+    uint64_t chunk_index = 0;
+    for (unsigned ri = 0; ri < mem->nr_regions; ri++) {
+        const FerryMemRegion *r = &mem->regions[ri];
+        uint64_t pages = r->size / PAGE;
+        for (uint64_t first = 0; first < pages; first += FERRY_MIGRATION_CHUNK_PAGES, chunk_index++) {
+            if (chunk_index % s->n != c->index)
+                continue;
+            uint64_t npages = MIN((uint64_t) FERRY_MIGRATION_CHUNK_PAGES, pages - first);
+            uint64_t count = 0;
+            if (s->log && !ferry_dirty_log_take_chunk(s->log, ri, first, npages, bits, &count,
+                                                      error))
+                return FALSE;
+            if (c->send_all_data)
+                data_pages(mem, r, first, npages, bits);
+            else if (count == 0)
+                continue;
+            for (uint64_t off = 0; off < npages; off += FERRY_STREAM_MAX_BATCH_PAGES) {
+                unsigned n = (unsigned) MIN((uint64_t) FERRY_STREAM_MAX_BATCH_PAGES, npages - off);
+                FerryStreamStats before, after;
+                ferry_stream_writer_get_stats(c->w, &before);
+                if (!ferry_stream_writer_put_ram_batch(c->w, r->gpa + (first + off) * PAGE, n,
+                                                       r->hva + (first + off) * PAGE,
+                                                       bits + off / 64, error))
+                    return FALSE;
+                ferry_stream_writer_get_stats(c->w, &after);
+                if (!rate_limit(s, after.bytes - before.bytes, error))
+                    return FALSE;
+            }
+            if (cancelled(s, error))
+                return FALSE;
+        }
+    }
+    if (c->end && c->index != 0)
+        return ferry_stream_writer_put_end(c->w, error);
+    return ferry_stream_writer_flush(c->w, error);
+}
+
+static gpointer channel_thread(gpointer data)
+{
+    Channel *c = data;
+    channel_send_round(c, &c->error);
+    return NULL;
+}
+
+/* Adds the writers' counters into the migration's figures. */
+static void update_transfer_figures(Source *s)
+{
+    FerryStreamStats total = {0};
+    for (unsigned i = 0; i < s->n; i++) {
+        FerryStreamStats st;
+        ferry_stream_writer_get_stats(s->ch[i].w, &st);
+        total.bytes += st.bytes;
+        total.data_pages += st.data_pages;
+        total.zero_pages += st.zero_pages;
+    }
+    g_mutex_lock(&s->m->lock);
+    s->m->info.transferred = total.bytes;
+    s->m->info.data_pages = total.data_pages;
+    s->m->info.zero_pages = total.zero_pages;
+    g_mutex_unlock(&s->m->lock);
+}
+
+/* One round on every connection at once: ROUND record, the chunks, flush (and END). */
+static gboolean send_round(Source *s, uint32_t round, uint32_t flags, gboolean all_data,
+                           gboolean end, GError **error)
+{
+    for (unsigned i = 0; i < s->n; i++) {
+        Channel *c = &s->ch[i];
+        c->send_all_data = all_data;
+        c->end = end;
+        g_clear_error(&c->error);
+        if (!ferry_stream_writer_put_round(c->w, round, flags, error))
+            return FALSE;
+    }
+    for (unsigned i = 1; i < s->n; i++)
+        s->ch[i].thread = g_thread_new("migration-data", channel_thread, &s->ch[i]);
+    gboolean ok = channel_send_round(&s->ch[0], error);
+    for (unsigned i = 1; i < s->n; i++) {
+        g_thread_join(s->ch[i].thread);
+        s->ch[i].thread = NULL;
+        if (s->ch[i].error && ok) {
+            g_propagate_prefixed_error(error, g_steal_pointer(&s->ch[i].error),
+                                       "connection %u: ", i);
+            ok = FALSE;
+        }
+    }
+    update_transfer_figures(s);
+    return ok;
+}
+
+/* ---- connecting ---- */
+
+static GIOStream *dial(Source *s, GError **error)
+{
+    FerryTlsOptions tls = {.dir = s->m->tls_dir, .hostname = s->params.tls_hostname};
+    GIOStream *conn = ferry_migration_connect(&s->job->uri, &tls, s->m->cancel, error);
+    if (conn)
+        ferry_migration_track_channel(s->m, conn);
+    return conn;
+}
+
+static gboolean open_channel(Source *s, unsigned index, GError **error)
+{
+    Channel *c = &s->ch[index];
+    c->s = s;
+    c->index = index;
+    c->conn = dial(s, error);
+    if (!c->conn)
+        return FALSE;
+    c->w = ferry_stream_writer_new(g_io_stream_get_output_stream(c->conn), 0, s->m->cancel);
+    if (!ferry_stream_writer_put_header(c->w, ferry_vm_identity_config(s->identity), error))
+        return FALSE;
+    /* connection 0 announces the session; the others say which connection they are */
+    g_autoptr(GByteArray) blob = g_byte_array_new();
+    FerryStateWriter sw = {blob};
+    ferry_state_put_u64(&sw, s->session);
+    ferry_state_put_u32(&sw, index == 0 ? s->n : index);
+    ferry_state_put_u32(&sw, index == 0 ? (uint32_t) s->job->mode : 0);
+    return ferry_stream_writer_put_section(c->w,
+                                           index == 0 ? FERRY_MIGRATION_SECTION_SETUP
+                                                      : FERRY_MIGRATION_SECTION_CHANNEL,
+                                           FERRY_MIGRATION_SETUP_VERSION, blob->data, blob->len,
+                                           error) &&
+           ferry_stream_writer_flush(c->w, error);
+}
+
+/* Waits for the destination's return-path header (its configuration matched ours). */
+static gboolean wait_destination_header(Source *s, GError **error)
+{
+    gint64 deadline = g_get_monotonic_time() + RP_HEADER_TIMEOUT_US;
+    g_mutex_lock(&s->rp_lock);
+    while (!s->rp_header && !s->rp_error && !s->rp_done) {
+        if (g_cancellable_is_cancelled(s->m->cancel) ||
+            !g_cond_wait_until(&s->rp_cond, &s->rp_lock, MIN(deadline, g_get_monotonic_time() +
+                                                                            50 * G_TIME_SPAN_MILLISECOND)))
+            if (g_get_monotonic_time() >= deadline || g_cancellable_is_cancelled(s->m->cancel))
+                break;
+    }
+    gboolean ok = s->rp_header;
+    if (!ok && s->rp_error)
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s", s->rp_error);
+    else if (!ok && g_cancellable_is_cancelled(s->m->cancel))
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED, "the migration was cancelled");
+    else if (!ok)
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                    "the destination accepted the connection but sent nothing for %d s; is "
+                    "it a ferry-vmm started with --incoming?",
+                    (int) (RP_HEADER_TIMEOUT_US / G_USEC_PER_SEC));
+    g_mutex_unlock(&s->rp_lock);
+    return ok;
+}
+
+static gboolean setup(Source *s, GError **error)
+{
+    s->session = g_random_int() | ((uint64_t) g_random_int() << 32);
+    s->n = s->params.connections;
+    if (!open_channel(s, 0, error))
+        return FALSE;
+    gint64 sent = g_get_monotonic_time();
+    s->rp_thread = g_thread_new("migration-rp", return_path_thread, s);
+    if (!wait_destination_header(s, error))
+        return FALSE;
+    s->rtt_us = MAX(s->rp_header_us - sent, 0);
+    for (unsigned i = 1; i < s->n; i++)
+        if (!open_channel(s, i, error))
+            return FALSE;
+    return TRUE;
+}
+
+/* ---- the VM, through the main thread ---- */
+
+static gboolean stop_vm_on_main(gpointer data, GError **error)
+{
+    Source *s = data;
+    if (!ferry_vm_stop_for_migration(s->vm, &s->was_paused, error))
+        return FALSE;
+    s->vm_stopped = TRUE;
+    return TRUE;
+}
+
+static gboolean restart_vm_on_main(gpointer data, GError **error)
+{
+    Source *s = data;
+    ferry_vm_continue_after_migration(s->vm, s->was_paused);
+    return TRUE;
+}
+
+/* ---- rounds and the switch-over ---- */
+
+/* Estimated pause in ms if the switch-over started now with @pending dirty pages. */
+static uint64_t expected_downtime_ms(Source *s, uint64_t pending, uint64_t bandwidth)
+{
+    uint64_t state = (uint64_t) s->vm->nr_vcpus * STATE_BYTES_PER_VCPU +
+                     (uint64_t) s->vm->devices->len * STATE_BYTES_PER_DEVICE;
+    uint64_t bytes = pending * PAGE + state;
+    uint64_t ms = bandwidth ? bytes * 1000 / bandwidth : 0;
+    /* the final ROUND out, "ready" back, and "resumed": about two round trips */
+    return ms + (uint64_t) (2 * s->rtt_us / 1000) + 1;
+}
+
+static void refresh_params(Source *s)
+{
+    ferry_migration_params_clear(&s->params);
+    ferry_migration_get_params(s->m, &s->params);
+}
+
+static void set_figures(Source *s, unsigned iteration, uint64_t remaining, uint64_t dirty_rate,
+                        uint64_t bandwidth, uint64_t expected, unsigned throttle)
+{
+    g_mutex_lock(&s->m->lock);
+    s->m->info.iteration = iteration;
+    s->m->info.remaining = remaining;
+    s->m->info.dirty_rate = dirty_rate;
+    s->m->info.bandwidth = bandwidth;
+    s->m->info.expected_downtime_ms = expected;
+    s->m->info.throttle = throttle;
+    g_mutex_unlock(&s->m->lock);
+}
+
+/*
+ * Pre-copy: round 0 sends every page holding data, later rounds what was dirtied since;
+ * returns when the estimated pause fits the downtime limit.  Fails on timeout (action
+ * cancel), cancellation, or a connection or destination error.
+ */
+static gboolean precopy(Source *s, uint32_t *next_round, GError **error)
+{
+    uint64_t pending = 0, bandwidth = 0, dirty_rate = 0;
+    unsigned throttle = 0, strikes = 0;
+    gint64 last_sync = g_get_monotonic_time();
+    if (!ferry_dirty_log_sync(s->log, &pending, error))
+        return FALSE;
+    for (uint32_t round = 0;; round++) {
+        refresh_params(s);
+        gint64 t0 = g_get_monotonic_time();
+        uint64_t bytes0 = s->m->info.transferred;
+        if (!send_round(s, round, 0, round == 0, FALSE, error) || !return_path_ok(s, error))
+            return FALSE;
+        gint64 t1 = g_get_monotonic_time();
+        uint64_t sent = s->m->info.transferred - bytes0;
+        if (sent >= BANDWIDTH_MIN_SAMPLE || !bandwidth)
+            bandwidth = sent * G_USEC_PER_SEC / (uint64_t) MAX(t1 - t0, 1);
+
+        if (!ferry_dirty_log_sync(s->log, &pending, error))
+            return FALSE;
+        gint64 now = g_get_monotonic_time();
+        dirty_rate = pending * G_USEC_PER_SEC / (uint64_t) MAX(now - last_sync, 1);
+        last_sync = now;
+        uint64_t expected = expected_downtime_ms(s, pending, bandwidth);
+
+        /* auto-converge: the guest dirties more than half of what goes out, twice in a row */
+        if (s->params.auto_converge && round > 0) {
+            if (dirty_rate * PAGE > bandwidth / 2 && ++strikes >= 2) {
+                throttle = throttle ? MIN(99u, throttle + s->params.auto_converge_increment)
+                                    : s->params.auto_converge_initial;
+                ferry_vcpu_throttle_set(s->vm, throttle);
+                strikes = 0;
+            }
+        }
+        set_figures(s, round + 1, pending * PAGE, dirty_rate, bandwidth, expected, throttle);
+        ferry_migration_notify(s->m);
+        *next_round = round + 1;
+        if (expected <= s->params.downtime_limit || pending == 0)
+            return TRUE;
+        gint64 elapsed_s = (now - s->m->info.start_us) / G_USEC_PER_SEC;
+        if (s->params.timeout && elapsed_s >= (gint64) s->params.timeout) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                        "the migration did not converge in %u s: the guest dirties %" G_GUINT64_FORMAT
+                        " MiB/s and %" G_GUINT64_FORMAT " MiB/s get through, so the pause would be "
+                        "%" G_GUINT64_FORMAT " ms against a limit of %u ms; raise max-bandwidth "
+                        "or downtime-limit, or allow auto-converge or post-copy",
+                        s->params.timeout, (guint64) (dirty_rate * PAGE >> 20), (guint64) (bandwidth >> 20), (guint64) expected,
+                        s->params.downtime_limit);
+            return FALSE;
+        }
+        if (cancelled(s, error))
+            return FALSE;
+    }
+}
+
+/* Waits for "ready" (TRUE) or the destination's failure. */
+static gboolean wait_ready(Source *s, GError **error)
+{
+    g_mutex_lock(&s->rp_lock);
+    while (!s->rp_ready && !s->rp_failed && !s->rp_done && !s->rp_error)
+        g_cond_wait(&s->rp_cond, &s->rp_lock);
+    gboolean ok = s->rp_ready;
+    if (!ok)
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s",
+                    s->rp_error ? s->rp_error : "the destination closed the connection");
+    g_mutex_unlock(&s->rp_lock);
+    return ok;
+}
+
+/* Stop-and-copy: pause, last dirty pages, device and vCPU state, END, then "ready". */
+static gboolean switch_over(Source *s, uint32_t round, GError **error)
+{
+    s->pause_us = g_get_monotonic_time();
+    if (!ferry_migration_call_main(s->m, stop_vm_on_main, s, error))
+        return FALSE;
+    ferry_migration_set_status(s->m, FERRY_MIGRATION_COMPLETING, NULL);
+    gboolean all = s->log == NULL; /* warm: one round with everything */
+    if (s->log && !ferry_dirty_log_sync(s->log, NULL, error))
+        return FALSE;
+    if (!send_round(s, round, FERRY_STREAM_ROUND_FINAL, all, TRUE, error))
+        return FALSE;
+    if (!ferry_vm_put_state_sections(s->vm, s->ch[0].w, error) ||
+        !ferry_stream_writer_put_end(s->ch[0].w, error))
+        return FALSE;
+    s->end_sent = TRUE;
+    update_transfer_figures(s);
+    return wait_ready(s, error);
+}
+
+static void close_channels(Source *s)
+{
+    for (unsigned i = 0; i < s->n; i++) {
+        Channel *c = &s->ch[i];
+        if (c->w)
+            ferry_stream_writer_free(c->w);
+        if (c->conn) {
+            ferry_migration_untrack_channel(s->m, c->conn);
+            ferry_migration_channel_abort(c->conn);
+            g_object_unref(c->conn);
+        }
+        memset(c, 0, sizeof(*c));
+    }
+}
+
+static void finish_success(Source *s)
+{
+    /* the destination owns the VM; give it a moment to say it resumed, for the downtime */
+    gint64 deadline = g_get_monotonic_time() + RESUMED_WAIT_US;
+    g_mutex_lock(&s->rp_lock);
+    while (!s->rp_resumed_us && !s->rp_done)
+        if (!g_cond_wait_until(&s->rp_cond, &s->rp_lock, deadline))
+            break;
+    g_mutex_lock(&s->m->lock);
+    s->m->info.switchover_ms = (s->rp_ready_us - s->pause_us) / 1000;
+    if (s->rp_resumed_us)
+        s->m->info.downtime_ms = (s->rp_resumed_us - s->pause_us) / 1000;
+    s->m->info.remaining = 0;
+    g_mutex_unlock(&s->m->lock);
+    g_mutex_unlock(&s->rp_lock);
+    ferry_log("migration completed: %" G_GUINT64_FORMAT " bytes in %u rounds, paused %" G_GINT64_FORMAT
+              " ms",
+              s->m->info.transferred, s->m->info.iteration,
+              s->m->info.downtime_ms >= 0 ? s->m->info.downtime_ms : s->m->info.switchover_ms);
+    ferry_migration_set_status(s->m, FERRY_MIGRATION_COMPLETED, NULL);
+}
+
+static void finish_failure(Source *s, GError *error)
+{
+    gboolean was_cancelled = g_cancellable_is_cancelled(s->m->cancel) &&
+                             !g_atomic_int_get(&s->m->closing);
+    gboolean in_doubt = s->end_sent && !s->rp_failed;
+    /* unblock the return-path thread and the destination */
+    for (unsigned i = 0; i < s->n; i++)
+        if (s->ch[i].conn)
+            ferry_migration_channel_abort(s->ch[i].conn);
+    g_autofree char *message = NULL;
+    if (in_doubt) {
+        message = g_strdup_printf(
+            "%s; the whole state had been sent, so the destination may be running the guest: "
+            "it stays paused here. Check the destination, then resume or quit this VM",
+            error->message);
+    } else {
+        message = g_strdup_printf("%s; the VM %s here", error->message,
+                                  s->was_paused ? "stays paused" : "keeps running");
+        if (s->vm_stopped) {
+            g_autoptr(GError) e = NULL;
+            ferry_migration_call_main(s->m, restart_vm_on_main, s, &e);
+        }
+    }
+    ferry_migration_set_status(s->m, was_cancelled ? FERRY_MIGRATION_CANCELLED
+                                                   : FERRY_MIGRATION_FAILED,
+                               message);
+}
+
+gpointer ferry_migration_source_thread(gpointer data)
+{
+    FerrySourceJob *job = data;
+    Source *s = g_new0(Source, 1);
+    s->m = job->m;
+    s->vm = job->m->vm;
+    s->job = job;
+    g_mutex_init(&s->rl_lock);
+    g_mutex_init(&s->rp_lock);
+    g_cond_init(&s->rp_cond);
+    ferry_migration_get_params(s->m, &s->params);
+    s->identity = ferry_vm_identity_new(s->vm);
+
+    g_autoptr(GError) error = NULL;
+    uint32_t round = 0;
+    gboolean ok = setup(s, &error);
+    if (ok) {
+        g_mutex_lock(&s->m->lock);
+        s->m->info.setup_ms = (g_get_monotonic_time() - s->m->info.start_us) / 1000;
+        g_mutex_unlock(&s->m->lock);
+        ferry_migration_set_status(s->m, FERRY_MIGRATION_ACTIVE, NULL);
+        if (job->mode == FERRY_MIGRATION_MODE_LIVE) {
+            s->log = ferry_dirty_log_start(s->vm->mem, s->vm->kvm->vm_fd, &error);
+            ok = s->log && precopy(s, &round, &error);
+        }
+    }
+    ok = ok && switch_over(s, round, &error);
+    ferry_vcpu_throttle_set(s->vm, 0);
+    if (ok)
+        finish_success(s);
+    else
+        finish_failure(s, error);
+
+    ferry_dirty_log_stop(s->log);
+    for (unsigned i = 0; i < s->n; i++)
+        if (s->ch[i].conn)
+            ferry_migration_channel_abort(s->ch[i].conn);
+    if (s->rp_thread)
+        g_thread_join(s->rp_thread);
+    close_channels(s);
+    ferry_vm_identity_free(s->identity);
+    ferry_migration_params_clear(&s->params);
+    g_free(s->rp_error);
+    g_mutex_clear(&s->rl_lock);
+    g_mutex_clear(&s->rp_lock);
+    g_cond_clear(&s->rp_cond);
+    g_free(s);
+    ferry_migration_uri_clear(&job->uri);
+    g_free(job);
+    return NULL;
+}
