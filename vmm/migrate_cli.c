@@ -102,6 +102,13 @@ char *ferry_migrate_progress_line(JsonObject *status, gboolean bar)
 
 /* ---- the control socket client -------------------------------------------------------- */
 
+/*
+ * Requests are small and written blocking; answers and notifications are read by a socket
+ * source on the command's own main context.  call() waits for one answer, found by its id;
+ * query-migrate goes out without waiting, one at a time, and its answer updates the status as
+ * a `migration` notification does, whichever arrives last being the newest.
+ */
+
 typedef struct {
     GMainContext *ctx;
     GSocketConnection *conn;
@@ -320,20 +327,24 @@ static gboolean parse_args(Options *o, int argc, char **argv, gboolean *help, GE
         {"mode", 0, 0, G_OPTION_ARG_STRING, &o->mode, "live (default) or warm", "live|warm"},
         {"max-bandwidth", 0, 0, G_OPTION_ARG_CALLBACK, opt_param,
          "Bytes per second, with K, M or G (binary); 0 = unlimited", "BYTES"},
-        {"downtime-limit", 0, 0, G_OPTION_ARG_CALLBACK, opt_param, "Longest pause", "MS"},
+        {"downtime-limit", 0, 0, G_OPTION_ARG_CALLBACK, opt_param,
+         "Longest acceptable pause (default 300)", "MS"},
         {"auto-converge", 0, 0, G_OPTION_ARG_NONE, &o->auto_converge,
          "Throttle the vCPUs if the guest dirties memory too fast", NULL},
-        {"postcopy", 0, 0, G_OPTION_ARG_NONE, &o->postcopy, "Allow post-copy", NULL},
+        {"postcopy", 0, 0, G_OPTION_ARG_NONE, &o->postcopy,
+         "Allow switching to post-copy (migrate-start-postcopy or the timeout)", NULL},
         {"timeout", 0, 0, G_OPTION_ARG_CALLBACK, opt_param,
          "Seconds without converging before --timeout-action (0 = none)", "S"},
         {"timeout-action", 0, 0, G_OPTION_ARG_CALLBACK, opt_param,
          "cancel (default) or postcopy", "cancel|postcopy"},
-        {"connections", 0, 0, G_OPTION_ARG_CALLBACK, opt_param, "Data connections", "N"},
+        {"connections", 0, 0, G_OPTION_ARG_CALLBACK, opt_param,
+         "Parallel data connections (default 1)", "N"},
         {"tls-hostname", 0, 0, G_OPTION_ARG_CALLBACK, opt_param,
          "Name the destination's certificate must carry (tls: URIs)", "NAME"},
         {"keep-source", 0, 0, G_OPTION_ARG_NONE, &o->keep_source,
          "Leave the source ferry-vmm paused instead of telling it to quit", NULL},
-        {"quiet", 0, 0, G_OPTION_ARG_NONE, &o->quiet, "Only the summary and errors", NULL},
+        {"quiet", 0, 0, G_OPTION_ARG_NONE, &o->quiet, "No progress: the summary and errors only",
+         NULL},
         {NULL},
     };
     g_autoptr(GOptionContext) ctx = g_option_context_new("URI - migrate a running VM");
@@ -374,10 +385,10 @@ static gboolean parse_args(Options *o, int argc, char **argv, gboolean *help, GE
     return TRUE;
 }
 
-static int fail(const Options *o, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static int report(const Options *o, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
-/* Prints "ferry-vmm migrate: MESSAGE" (over the progress bar); returns FERRY_EXIT_ERROR. */
-static int fail(const Options *o, const char *fmt, ...)
+/* Prints "ferry-vmm migrate: MESSAGE" over the progress bar; returns FERRY_EXIT_ERROR. */
+static int report(const Options *o, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -432,19 +443,19 @@ static int follow(Client *cl, const Options *o)
     gint64 last_line = 0;
     while (!cl->status || !is_final(cl->status)) {
         if (cl->closed)
-            return fail(o, "the control socket closed during the migration (%s)",
+            return report(o, "the control socket closed during the migration (%s)",
                         cl->read_error ?: "did the source ferry-vmm exit?");
         if (cl->poll_error)
-            return fail(o, "%s", cl->poll_error);
+            return report(o, "%s", cl->poll_error);
         if (cl->signals != cl->signals_seen && cancel_sent)
-            return fail(o, "interrupted again: not waiting for the cancellation to end");
+            return report(o, "interrupted again: not waiting for the cancellation to end");
         cl->signals_seen = cl->signals;
         if (cl->signals && !cancel_sent) {
-            fail(o, "cancelling; the VM keeps running on the source");
+            report(o, "cancelling; the VM keeps running on the source");
             cancel_sent = TRUE;
             /* a refusal (past the point of no return) is followed by the final status */
             if (!call(cl, "migrate-cancel", NULL, &error))
-                fail(o, "migrate-cancel: %s", error->message);
+                report(o, "migrate-cancel: %s", error->message);
             g_clear_error(&error);
         }
         gint64 now = g_get_monotonic_time();
@@ -452,9 +463,9 @@ static int follow(Client *cl, const Options *o)
             cl->poll_id = send_request(cl, "query-migrate", NULL, &error);
             cl->poll_sent = now;
             if (!cl->poll_id)
-                return fail(o, "%s", error->message);
+                return report(o, "%s", error->message);
         } else if (now - cl->poll_sent > ANSWER_TIMEOUT_S * G_USEC_PER_SEC) {
-            return fail(o, "ferry-vmm has not answered query-migrate for %d s; the migration "
+            return report(o, "ferry-vmm has not answered query-migrate for %d s; the migration "
                         "may still be running", ANSWER_TIMEOUT_S);
         }
         show_progress(cl, o, &last_line);
@@ -464,14 +475,14 @@ static int follow(Client *cl, const Options *o)
         fputs("\r\033[K", stderr);
     const char *final = status_of(cl->status), *why = member_string(cl->status, "error");
     if (!g_str_equal(final, "completed"))
-        return fail(o, "migration %s%s%s", final, why ? ": " : "", why ?: "");
+        return report(o, "migration %s%s%s", final, why ? ": " : "", why ?: "");
     print_summary(cl->status);
     if (o->keep_source) {
         printf("  source       kept, paused (--keep-source)\n");
         return FERRY_EXIT_OK;
     }
     if (!call(cl, "quit", NULL, &error) && !cl->closed)
-        return fail(o, "the migration completed but the source did not quit: %s",
+        return report(o, "the migration completed but the source did not quit: %s",
                     error->message);
     printf("  source       stopped\n");
     return FERRY_EXIT_OK;
@@ -484,7 +495,7 @@ static int run(Client *cl, Options *o)
     g_autoptr(GSocketAddress) addr = g_unix_socket_address_new(o->socket);
     cl->conn = g_socket_client_connect(client, G_SOCKET_CONNECTABLE(addr), NULL, &error);
     if (!cl->conn)
-        return fail(o, "cannot connect to the control socket %s: %s (is ferry-vmm running with "
+        return report(o, "cannot connect to the control socket %s: %s (is ferry-vmm running with "
                     "--control-socket %s?)", o->socket, error->message, o->socket);
     GSource *in = g_socket_create_source(g_socket_connection_get_socket(cl->conn),
                                          G_IO_IN | G_IO_HUP | G_IO_ERR, NULL);
@@ -494,15 +505,15 @@ static int run(Client *cl, Options *o)
 
     if (json_object_get_size(o->params) &&
         !call(cl, "migrate-set-parameters", json_object_ref(o->params), &error))
-        return fail(o, "%s", error->message);
+        return report(o, "%s", error->message);
     if (cl->signals)
-        return fail(o, "interrupted before the migration started");
+        return report(o, "interrupted before the migration started");
     JsonObject *params = json_object_new();
     json_object_set_string_member(params, "uri", o->uri);
     json_object_set_string_member(params, "mode", o->mode ?: "live");
     g_clear_pointer(&cl->status, json_object_unref); /* only this migration's news */
     if (!call(cl, "migrate-send", params, &error))
-        return fail(o, "%s", error->message);
+        return report(o, "%s", error->message);
     return follow(cl, o);
 }
 
@@ -513,7 +524,8 @@ int ferry_migrate_cli_main(int argc, char **argv)
     gboolean help = FALSE;
     g_set_prgname("ferry-vmm migrate"); /* for --help's usage line */
     if (!parse_args(&o, argc, argv, &help, &error)) {
-        g_free(o.socket), g_free(o.mode), g_clear_pointer(&o.params, json_object_unref);
+        g_free(o.socket), g_free(o.mode);
+        g_clear_pointer(&o.params, json_object_unref);
         if (help)
             return FERRY_EXIT_OK;
         fprintf(stderr, "ferry-vmm migrate: %s\nTry 'ferry-vmm migrate --help' for the "

@@ -24,6 +24,10 @@
 #define PAGE FERRY_PAGE_SIZE
 #define RP_HEADER_TIMEOUT_US (30 * G_TIME_SPAN_SECOND)
 #define RESUMED_WAIT_US      (5 * G_TIME_SPAN_SECOND)
+/* A pause this short is not worth another round (ms). */
+#define SHORT_PAUSE_MS 5
+/* Rounds after the pause fits the limit are bounded anyway. */
+#define MAX_EXTRA_ROUNDS 30
 /* Rounds shorter than this in bytes do not update the bandwidth estimate. */
 #define BANDWIDTH_MIN_SAMPLE (4u << 20)
 /* Stream bytes of the switch-over besides RAM, per vCPU and per device (an estimate). */
@@ -447,7 +451,7 @@ static void set_figures(Source *s, unsigned iteration, uint64_t remaining, uint6
  */
 static gboolean precopy(Source *s, uint32_t *next_round, GError **error)
 {
-    uint64_t pending = 0, bandwidth = 0, dirty_rate = 0;
+    uint64_t pending = 0, bandwidth = 0, dirty_rate = 0, prev_pending = 0; /* 0: no round yet */
     unsigned throttle = 0, strikes = 0;
     gint64 last_sync = g_get_monotonic_time();
     if (!ferry_dirty_log_sync(s->log, &pending, error))
@@ -482,8 +486,18 @@ static gboolean precopy(Source *s, uint32_t *next_round, GError **error)
         set_figures(s, round + 1, pending * PAGE, dirty_rate, bandwidth, expected, throttle);
         ferry_migration_notify(s->m);
         *next_round = round + 1;
-        if (expected <= s->params.downtime_limit || pending == 0)
+        /*
+         * Switch over once the pause fits the limit and another round would not shorten
+         * it much: while rounds still shrink the dirty set by a quarter or more, one more
+         * costs little time and buys a shorter pause.
+         */
+        gboolean fits = expected <= s->params.downtime_limit;
+        gboolean shrinking = (prev_pending == 0 || pending * 4 < prev_pending * 3) &&
+                             expected > SHORT_PAUSE_MS &&
+                             round < MAX_EXTRA_ROUNDS;
+        if (pending == 0 || (fits && !shrinking))
             return TRUE;
+        prev_pending = pending;
         gint64 elapsed_s = (now - s->m->info.start_us) / G_USEC_PER_SEC;
         if (s->params.timeout && elapsed_s >= (gint64) s->params.timeout) {
             g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
