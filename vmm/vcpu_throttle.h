@@ -27,7 +27,7 @@
 #include <glib.h>
 #include <stdint.h>
 
-#define FERRY_VCPU_THROTTLE_MAX         99u
+#define FERRY_VCPU_THROTTLE_MAX          99u
 #define FERRY_VCPU_THROTTLE_TIMESLICE_NS (10u * 1000u * 1000u) /* 10 ms of running per period */
 
 /*

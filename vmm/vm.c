@@ -203,6 +203,8 @@ void ferry_vm_pause(FerryVm *vm)
     notify_state(vm, "paused", NULL);
 }
 
+static void announce_nics(FerryVm *vm);
+
 void ferry_vm_resume(FerryVm *vm)
 {
     if (!vm->user_paused || vm->stopping || vm->incoming)
@@ -212,9 +214,22 @@ void ferry_vm_resume(FerryVm *vm)
         ferry_device_resume(g_ptr_array_index(vm->devices, i));
     release_parked(vm);
     notify_state(vm, "running", NULL);
+    if (vm->announce_on_resume)
+        announce_nics(vm);
 }
 
 /* ---- migration ---- */
+
+/* After a migration: RARP from every NIC so that switches learn the guest's new port. */
+static void announce_nics(FerryVm *vm)
+{
+    vm->announce_on_resume = FALSE;
+    for (guint i = 0; i < vm->devices->len; i++) {
+        FerryVirtioPci *vp = ferry_virtio_pci_from_device(g_ptr_array_index(vm->devices, i));
+        if (vp && g_str_equal(ferry_virtio_pci_vdev(vp)->ops->kind, "virtio-net"))
+            ferry_virtio_net_announce(ferry_virtio_pci_vdev(vp));
+    }
+}
 
 static gboolean is_blk(FerryDevice *d, FerryVirtioDev **vdev)
 {
@@ -272,11 +287,13 @@ gboolean ferry_vm_finish_incoming(FerryVm *vm)
     vm->incoming = FALSE;
     if (vm->cfg->paused || vm->stopping) {
         vm->user_paused = TRUE;
+        vm->announce_on_resume = TRUE;
         notify_state(vm, "paused", NULL);
         return FALSE;
     }
     release_parked(vm);
     notify_state(vm, "running", NULL);
+    announce_nics(vm);
     return TRUE;
 }
 
@@ -424,7 +441,10 @@ static gboolean create_pci_devices(FerryVm *vm, GError **error)
     for (guint i = 0; i < cfg->disks->len; i++) {
         const FerryDiskSpec *d = &g_array_index(cfg->disks, FerryDiskSpec, i);
         g_autofree char *id = g_strdup_printf("disk%u", i);
-        if (!add_virtio(vm, ferry_virtio_blk_new(d, error), id, d->slot, error))
+        /* an incoming VM takes its images over from the source at the switch-over */
+        FerryVirtioDev *blk = vm->cfg->incoming ? ferry_virtio_blk_new_unlocked(d, error)
+                                                : ferry_virtio_blk_new(d, error);
+        if (!add_virtio(vm, blk, id, d->slot, error))
             return FALSE;
     }
     for (guint i = 0; i < cfg->nets->len; i++) {
@@ -581,6 +601,10 @@ static gboolean process_requests(gpointer data)
         return G_SOURCE_REMOVE;
     }
     if (req & FERRY_VM_REQ_RESET) {
+        /* RAM is about to be cleared behind the dirty log's back */
+        if (vm->migration && ferry_migration_busy(vm->migration))
+            ferry_migration_abort(vm->migration, "the guest rebooted during the migration; "
+                                                 "start the migration again");
         if (vm->cfg->on_reboot == FERRY_ON_REBOOT_EXIT) {
             ferry_log("guest rebooted; exiting as --on-reboot exit asks");
             finish(vm, FERRY_EXIT_OK, "reboot");

@@ -46,6 +46,7 @@ struct FerryVm {
     struct FerryControl *control; /* NULL without --control-socket */
     gboolean user_paused;         /* paused by the control API (main thread only) */
     gboolean incoming;            /* waiting for an incoming migration (main thread only) */
+    gboolean announce_on_resume;  /* migrated in paused: announce the NICs on resume */
     struct FerryMigration *migration; /* the migration engine (created by run()) */
 
     /* Run gate shared with the vCPU threads (vm.c). */

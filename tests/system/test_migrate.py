@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -124,6 +125,8 @@ class Rig:
                    list(self.opts if opts is None else opts)
                    + ['--control-socket', sock, '--tls-dir', tls_dir or self.tls_dir] + extra,
                    ns=ns, memory=memory or self.memory, cpus=self.cpus)
+        # fail at once (with its stderr) if ferry-vmm exits instead of listening
+        wait_until('the control socket %s' % sock, lambda: os.path.exists(sock), 30, [vm])
         side = Side(vm, sock)
         self.sides.append(side)
         return side
@@ -147,8 +150,8 @@ def beats(vm):
 def receive(dst, uri=LOOPBACK):
     """migrate-receive on DST; returns the URI it listens on."""
     bound = dst.result('migrate-receive', uri=uri)['uri']
-    scheme, _, rest = uri.rpartition(':')
-    assert bound.startswith(scheme + ':') and not bound.endswith(':0'), (uri, bound)
+    head = uri.rpartition(':')[0]          # scheme and host: only the port changes
+    assert bound.startswith(head + ':') and not bound.endswith(':0'), (uri, bound)
     return bound
 
 
@@ -529,7 +532,7 @@ def test_migrate_dest_killed(spawn_vmm, guest, tmp_path, certs):
 
 
 @pytest.mark.parametrize('which,pattern', [('other', r'\bCA\b|certificate'),
-                                           ('expired', r'expired')])
+                                           ('expired', r'expired')], ids=['other-ca', 'expired'])
 def test_migrate_bad_certificates(spawn_vmm, guest, tmp_path, certs, which, pattern):
     """(b) The destination's certificates come from another CA, or expired: refused at
     the TLS handshake with a message saying so; the source runs on."""
@@ -580,13 +583,28 @@ def test_migrate_config_mismatch(spawn_vmm, guest, tmp_path, certs):
     quit_side(src)
 
 
+def record_types(data):
+    """Types of the records in DATA, a state stream (docs/migration-protocol.md)."""
+    types, pos = [], 16
+    while pos + 16 <= len(data):
+        t, _, length = struct.unpack_from('<HHI', data, pos)
+        types.append(t)
+        pos += 16 + length
+    return types
+
+
 class FlipProxy:
     """A TCP proxy on 127.0.0.1 to UPSTREAM (host, port) that flips one bit of byte AT of
-    everything it forwards towards UPSTREAM (over all connections, in order)."""
+    everything it forwards towards UPSTREAM (over all connections, in order).
+
+    It ends a connection as the upstream end would: what upstream sends back is relayed
+    first; when upstream stops taking data the client's socket is closed while the
+    client is still sending (so the client gets a reset, as from a process that exited)."""
 
     def __init__(self, upstream, at):
         self.upstream, self.at = upstream, at
         self.forwarded = 0
+        self.returned = bytearray()    # what upstream sent back to the client
         self.flipped = None
         self.lock = threading.Lock()
         self.socks = []
@@ -602,37 +620,49 @@ class FlipProxy:
                 a, _ = self.lsock.accept()
             except OSError:
                 return
-            try:
-                b = socket.create_connection(self.upstream)
-            except OSError:
-                a.close()
-                continue
-            self.socks += [a, b]
-            threading.Thread(target=self._pump, args=(a, b, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(b, a, False), daemon=True).start()
+            threading.Thread(target=self._connection, args=(a,), daemon=True).start()
 
-    def _pump(self, src, dst, forward):
+    def _connection(self, a):
+        try:
+            b = socket.create_connection(self.upstream)
+        except OSError:
+            a.close()
+            return
+        self.socks += [a, b]
+        back = threading.Thread(target=self._backward, args=(b, a), daemon=True)
+        back.start()
         try:
             while True:
-                data = src.recv(65536)
+                data = a.recv(65536)
                 if not data:
+                    b.shutdown(socket.SHUT_WR)
                     break
-                if forward:
-                    with self.lock:
-                        start = self.forwarded
-                        self.forwarded += len(data)
-                        if self.flipped is None and start <= self.at < self.forwarded:
-                            data = bytearray(data)
-                            data[self.at - start] ^= 0x10
-                            self.flipped = self.at
-                dst.sendall(data)
+                with self.lock:
+                    start = self.forwarded
+                    self.forwarded += len(data)
+                    if self.flipped is None and start <= self.at < self.forwarded:
+                        data = bytearray(data)
+                        data[self.at - start] ^= 0x10
+                        self.flipped = self.at
+                b.sendall(data)
         except OSError:
             pass
-        finally:
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+        back.join(ferrytest.scaled(10))
+        a.close()
+        b.close()
+
+    def _backward(self, b, a):
+        try:
+            while True:
+                data = b.recv(65536)
+                if not data:
+                    break
+                a.sendall(data)
+                with self.lock:
+                    self.returned += data
+            a.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     def close(self):
         for s in [self.lsock] + self.socks:
@@ -655,11 +685,16 @@ def test_migrate_stream_corrupted(spawn_vmm, guest, tmp_path, certs):
         send(src, 'tcp:127.0.0.1:%d' % proxy.port)
         q, _ = wait_end(src, timeout=120)
         report('corrupted stream', q)
-        print('proxy forwarded %d bytes, flipped byte %s' % (proxy.forwarded, proxy.flipped))
+        print('proxy: forwarded %d bytes, flipped byte %s, returned %d bytes: records %s'
+              % (proxy.forwarded, proxy.flipped, len(proxy.returned),
+                 record_types(bytes(proxy.returned))))
         assert proxy.flipped is not None, 'the stream was shorter than 4 MiB'
-        assert_failed(q, r'checksum|crc', src)
-        assert_still_running(src, 'the corrupted stream')
+        assert q['status'] == 'failed', q
         dest_exit(dst, pattern=r'checksum|crc')
+        assert_still_running(src, 'the corrupted stream')
+        # The destination said why on the return path (a STATUS record): the source's
+        # error must say so too, not only that the connection broke.
+        assert_failed(q, r'checksum|crc', src)
     finally:
         proxy.close()
     quit_side(src)

@@ -140,8 +140,9 @@ def net_stats(vm):
 
 
 def blk_done(vm, mode):
+    # .get: a VM stopped mid-line leaves a cut last line ('FERRY-BLK-DONE mo')
     return sum(1 for m in vm.find_all(BLK_DONE_RE)
-               if ferrytest.parse_kv(m.group('kv'))['mode'] == mode)
+               if ferrytest.parse_kv(m.group('kv')).get('mode') == mode)
 
 
 # -- pause / resume --------------------------------------------------------------

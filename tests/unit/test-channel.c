@@ -10,6 +10,7 @@
  *   expired/     host-b, 127.0.0.1, valid from 30 days ago to yesterday, by ca1
  *   other/       host-b, 127.0.0.1 by ca2 (trusts ca2)
  *   mixed/       host-b, 127.0.0.1 by ca2, but trusts ca1
+ *   swapped/     good/'s files, with the client certificate and key as the server's
  */
 #include "migration/channel.h"
 #include "migration/stream.h"
@@ -21,9 +22,12 @@
 #include <glib/gstdio.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
+#include <net/if.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -69,11 +73,21 @@ static void ferry_certs(const char *first, ...)
     g_autofree char *out = NULL, *err = NULL;
     int status = 0;
     g_autoptr(GError) error = NULL;
-    gboolean ok = g_spawn_sync(NULL, (char **) argv->pdata, NULL, G_SPAWN_DEFAULT, NULL, NULL,
-                               &out, &err, &status, &error);
+    gboolean ok = g_spawn_sync(NULL, (char **) argv->pdata, NULL, G_SPAWN_DEFAULT, NULL, NULL, &out,
+                               &err, &status, &error);
     g_assert_no_error(error);
     if (!ok || !g_spawn_check_wait_status(status, NULL))
         g_error("ferry-certs failed: %s", err);
+}
+
+static void copy_file(const char *from_dir, const char *from, const char *to_dir, const char *to)
+{
+    g_autofree char *src = g_build_filename(from_dir, from, NULL);
+    g_autofree char *dst = g_build_filename(to_dir, to, NULL);
+    g_autofree char *data = NULL;
+    gsize len;
+    g_assert_true(g_file_get_contents(src, &data, &len, NULL));
+    g_assert_true(g_file_set_contents(dst, data, (gssize) len, NULL));
 }
 
 static void make_certs(void)
@@ -91,17 +105,22 @@ static void make_certs(void)
                 NULL);
     ferry_certs(other, "--host", "host-b", "--ip", "127.0.0.1", "--ca-dir", ca2, NULL);
     ferry_certs(mixed, "--host", "host-b", "--ip", "127.0.0.1", "--ca-dir", ca2, NULL);
-    g_autofree char *from = g_build_filename(ca1, "ca-cert.pem", NULL);
-    g_autofree char *to = g_build_filename(mixed, "ca-cert.pem", NULL);
-    g_autofree char *pem = NULL;
-    gsize len;
-    g_assert_true(g_file_get_contents(from, &pem, &len, NULL));
-    g_assert_true(g_file_set_contents(to, pem, (gssize) len, NULL));
+    copy_file(ca1, "ca-cert.pem", mixed, "ca-cert.pem");
+    g_autofree char *swapped = cert_dir("swapped");
+    g_assert_cmpint(g_mkdir(swapped, 0700), ==, 0);
+    static const char *swap[][2] = {
+        {"ca-cert.pem", "ca-cert.pem"},       {"client-cert.pem", "client-cert.pem"},
+        {"client-key.pem", "client-key.pem"}, {"client-cert.pem", "server-cert.pem"},
+        {"client-key.pem", "server-key.pem"},
+    };
+    for (unsigned i = 0; i < G_N_ELEMENTS(swap); i++)
+        copy_file(good, swap[i][0], swapped, swap[i][1]);
 }
 
 static void assert_error_contains(const GError *error, GQuark domain, int code, const char *text)
 {
     g_assert_nonnull(error);
+    g_test_message("error: %s", error->message);
     if (!strstr(error->message, text))
         g_error("error \"%s\" does not contain \"%s\"", error->message, text);
     g_assert_error(error, domain, code);
@@ -189,8 +208,8 @@ static GIOStream *connect_finish(Connecting *C, GError **error)
 }
 
 /* Accepts while a source connects with @src_dir / @hostname; both must succeed. */
-static void open_pair(Listening *L, const char *src_dir, const char *hostname,
-                      GIOStream **dst, GIOStream **src)
+static void open_pair(Listening *L, const char *src_dir, const char *hostname, GIOStream **dst,
+                      GIOStream **src)
 {
     Connecting *C = connect_start(L, -1, src_dir, hostname);
     g_autoptr(GError) error = NULL;
@@ -272,8 +291,10 @@ static void round_trip(GIOStream *a, GIOStream *b, size_t bytes)
     Pump w_ab = {.conn = a, .seed = 1, .bytes = bytes}, r_ab = {.conn = b, .seed = 1};
     Pump w_ba = {.conn = b, .seed = 2, .bytes = bytes}, r_ba = {.conn = a, .seed = 2};
     GThread *t[4] = {
-        g_thread_new("w-ab", pump_write, &w_ab), g_thread_new("r-ab", pump_read, &r_ab),
-        g_thread_new("w-ba", pump_write, &w_ba), g_thread_new("r-ba", pump_read, &r_ba),
+        g_thread_new("w-ab", pump_write, &w_ab),
+        g_thread_new("r-ab", pump_read, &r_ab),
+        g_thread_new("w-ba", pump_write, &w_ba),
+        g_thread_new("r-ba", pump_read, &r_ba),
     };
     for (int i = 0; i < 4; i++)
         g_thread_join(t[i]);
@@ -314,8 +335,7 @@ static void test_uri_good(void)
         {"tcp:[fe80::1:2]:0", NULL, FERRY_MIGRATION_TRANSPORT_TCP, "fe80::1:2", 0, NULL, -1},
         {"tcp:a.example.org:65535", NULL, FERRY_MIGRATION_TRANSPORT_TCP, "a.example.org", 65535,
          NULL, -1},
-        {"tcp:0.0.0.0:007", "tcp:0.0.0.0:7", FERRY_MIGRATION_TRANSPORT_TCP, "0.0.0.0", 7, NULL,
-         -1},
+        {"tcp:0.0.0.0:007", "tcp:0.0.0.0:7", FERRY_MIGRATION_TRANSPORT_TCP, "0.0.0.0", 7, NULL, -1},
         {"unix:/run/ferry/mig.sock", NULL, FERRY_MIGRATION_TRANSPORT_UNIX, NULL, 0,
          "/run/ferry/mig.sock", -1},
         {"unix:rel:ative", NULL, FERRY_MIGRATION_TRANSPORT_UNIX, NULL, 0, "rel:ative", -1},
@@ -410,6 +430,84 @@ static void test_tcp_refused(void)
                                               text);
     assert_error_contains(error, G_IO_ERROR, G_IO_ERROR_CONNECTION_REFUSED, expect);
     ferry_migration_uri_clear(&L.uri);
+}
+
+/* Sets the loopback interface of this network namespace up or down. */
+static void set_lo(gboolean up)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq ifr = {0};
+    g_strlcpy(ifr.ifr_name, "lo", sizeof(ifr.ifr_name));
+    g_assert_cmpint(ioctl(fd, SIOCGIFFLAGS, &ifr), ==, 0);
+    ifr.ifr_flags = (short) (up ? ifr.ifr_flags | IFF_UP : ifr.ifr_flags & ~IFF_UP);
+    g_assert_cmpint(ioctl(fd, SIOCSIFFLAGS, &ifr), ==, 0);
+    close(fd);
+}
+
+typedef struct {
+    GIOStream *conn;
+    GError *error;
+} Endless;
+
+static gpointer endless_write(gpointer data)
+{
+    Endless *e = data;
+    g_autofree uint8_t *buf = g_malloc0(MiB);
+    while (g_output_stream_write_all(g_io_stream_get_output_stream(e->conn), buf, MiB, NULL, NULL,
+                                     &e->error))
+        ;
+    return NULL;
+}
+
+static gpointer endless_read(gpointer data)
+{
+    Endless *e = data;
+    g_autofree uint8_t *buf = g_malloc(256 * 1024);
+    while (g_input_stream_read(g_io_stream_get_input_stream(e->conn), buf, 256 * 1024, NULL,
+                               &e->error) > 0)
+        ;
+    return NULL;
+}
+
+/*
+ * The link goes down under a connection (in a network namespace of its own): the blocked
+ * writer (unacknowledged data: TCP_USER_TIMEOUT) and the blocked reader (keepalive) both
+ * fail, after about 10 s, instead of hanging.  Needs root.
+ */
+static void test_tcp_link_down(void)
+{
+    if (!g_test_subprocess()) {
+        if (geteuid() != 0) {
+            g_test_skip("needs root for a network namespace");
+            return;
+        }
+        g_test_trap_subprocess(NULL, 120 * G_USEC_PER_SEC, G_TEST_SUBPROCESS_DEFAULT);
+        g_test_trap_assert_passed();
+        return;
+    }
+    g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
+    set_lo(TRUE);
+    Listening L;
+    listening_start(&L, "tcp:127.0.0.1:0", NULL);
+    GIOStream *dst, *src;
+    open_pair(&L, NULL, NULL, &dst, &src);
+    Endless w = {src}, r = {dst};
+    GThread *tw = g_thread_new("writer", endless_write, &w);
+    GThread *tr = g_thread_new("reader", endless_read, &r);
+    set_lo(FALSE);
+    g_thread_join(tw);
+    g_thread_join(tr);
+    g_autofree char *expect = g_strdup_printf("connection to 127.0.0.1:%u lost: Connection timed "
+                                              "out (no answer from the destination for 10 s",
+                                              L.uri.port);
+    assert_error_contains(w.error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, expect);
+    assert_error_contains(r.error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                          "lost: Connection timed out (no answer from the source");
+    g_clear_error(&w.error);
+    g_clear_error(&r.error);
+    g_object_unref(src);
+    g_object_unref(dst);
+    listening_stop(&L);
 }
 
 static void test_unix_round_trip(void)
@@ -564,10 +662,9 @@ static gpointer stream_read(gpointer data)
     FerryStreamConfig config;
     stream_config(&config);
     FerryStreamRange ram = {0, 8 * MiB};
-    g_autoptr(FerryStreamReader) r =
-        ferry_stream_reader_new(g_io_stream_get_input_stream(s->conn),
-                                s->forward ? 0 : FERRY_STREAM_FLAG_RETURN_PATH, &config, &ram, 1,
-                                NULL);
+    g_autoptr(FerryStreamReader) r = ferry_stream_reader_new(
+        g_io_stream_get_input_stream(s->conn), s->forward ? 0 : FERRY_STREAM_FLAG_RETURN_PATH,
+        &config, &ram, 1, NULL);
     if (!ferry_stream_reader_read_header(r, &s->error))
         return NULL;
     FerryStreamRecord rec;
@@ -587,8 +684,10 @@ static void test_tls_state_stream(void)
     open_pair(&L, "good", NULL, &dst, &src);
     StreamSide fw_w = {src, TRUE}, fw_r = {dst, TRUE}, rp_w = {dst, FALSE}, rp_r = {src, FALSE};
     GThread *t[4] = {
-        g_thread_new("fw-w", stream_write, &fw_w), g_thread_new("fw-r", stream_read, &fw_r),
-        g_thread_new("rp-w", stream_write, &rp_w), g_thread_new("rp-r", stream_read, &rp_r),
+        g_thread_new("fw-w", stream_write, &fw_w),
+        g_thread_new("fw-r", stream_read, &fw_r),
+        g_thread_new("rp-w", stream_write, &rp_w),
+        g_thread_new("rp-r", stream_read, &rp_r),
     };
     for (int i = 0; i < 4; i++)
         g_thread_join(t[i]);
@@ -622,15 +721,11 @@ static void test_tls_missing_files(void)
 
     /* A key that belongs to another certificate. */
     g_autofree char *dir = g_dir_make_tmp("ferry-certs-XXXXXX", NULL);
-    const char *files[][2] = {{"good", "ca-cert.pem"}, {"good", "client-cert.pem"},
-                              {"other", "client-key.pem"}};
+    const char *files[][2] = {
+        {"good", "ca-cert.pem"}, {"good", "client-cert.pem"}, {"other", "client-key.pem"}};
     for (unsigned i = 0; i < G_N_ELEMENTS(files); i++) {
-        g_autofree char *from = g_build_filename(tmp_root, files[i][0], files[i][1], NULL);
-        g_autofree char *to = g_build_filename(dir, files[i][1], NULL);
-        g_autofree char *pem = NULL;
-        gsize len;
-        g_assert_true(g_file_get_contents(from, &pem, &len, NULL));
-        g_assert_true(g_file_set_contents(to, pem, (gssize) len, NULL));
+        g_autofree char *from = cert_dir(files[i][0]);
+        copy_file(from, files[i][1], dir, files[i][1]);
     }
     tls.dir = dir;
     g_assert_null(ferry_migration_connect(&uri, &tls, NULL, &error));
@@ -665,7 +760,7 @@ static void test_tls_wrong_ca(void)
  * source's handshake completes before the destination has checked its certificate, so the
  * source learns of the refusal when it next reads or writes.
  */
-static void test_tls_source_untrusted(void)
+static void check_source_untrusted(gboolean by_write)
 {
     Listening L;
     listening_start(&L, "tls:127.0.0.1:0", "good");
@@ -678,16 +773,28 @@ static void test_tls_source_untrusted(void)
                                               "CA in %s",
                                               ca);
     assert_error_contains(dst_error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_UNTRUSTED, expect);
-    if (src) {
+    if (src && by_write) {
+        /* Writes go out until the reset; then the alert that came before it explains it. */
+        g_autofree uint8_t *buf = g_malloc0(64 * 1024);
+        while (g_output_stream_write_all(g_io_stream_get_output_stream(src), buf, 64 * 1024, NULL,
+                                         NULL, &src_error))
+            ;
+    } else if (src) {
         uint8_t byte;
-        g_assert_cmpint(g_input_stream_read(g_io_stream_get_input_stream(src), &byte, 1, NULL,
-                                            &src_error),
-                        ==, -1);
-        g_object_unref(src);
+        g_assert_cmpint(
+            g_input_stream_read(g_io_stream_get_input_stream(src), &byte, 1, NULL, &src_error), ==,
+            -1);
     }
+    g_clear_object(&src);
     assert_error_contains(src_error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_REFUSED,
                           "it does not trust this host's certificate");
     listening_stop(&L);
+}
+
+static void test_tls_source_untrusted(void)
+{
+    check_source_untrusted(FALSE);
+    check_source_untrusted(TRUE);
 }
 
 static void test_tls_expired(void)
@@ -706,7 +813,8 @@ static void test_tls_expired(void)
     gnutls_datum_t d = {(unsigned char *) pem, (unsigned) len};
     g_assert_cmpint(gnutls_x509_crt_init(&crt), ==, 0);
     g_assert_cmpint(gnutls_x509_crt_import(crt, &d, GNUTLS_X509_FMT_PEM), ==, 0);
-    g_autoptr(GDateTime) end = g_date_time_new_from_unix_utc(gnutls_x509_crt_get_expiration_time(crt));
+    g_autoptr(GDateTime) end =
+        g_date_time_new_from_unix_utc(gnutls_x509_crt_get_expiration_time(crt));
     gnutls_x509_crt_deinit(crt);
     g_autofree char *date = g_date_time_format(end, "%Y-%m-%d");
     g_autofree char *expect = g_strdup_printf("the destination's certificate expired on %s", date);
@@ -745,6 +853,21 @@ static void test_tls_hostname(void)
     listening_stop(&L);
 }
 
+/* A destination presenting its client certificate as its server certificate. */
+static void test_tls_wrong_purpose(void)
+{
+    Listening L;
+    listening_start(&L, "tls:127.0.0.1:0", "swapped");
+    g_autoptr(GError) dst_error = NULL, src_error = NULL;
+    open_pair_failing(&L, -1, "good", NULL, &dst_error, &src_error);
+    assert_error_contains(src_error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_PURPOSE,
+                          "the destination's certificate is not meant for a TLS server (its "
+                          "extended key usage lacks serverAuth");
+    assert_error_contains(dst_error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_REFUSED,
+                          "with alert 'Certificate is not supported'");
+    listening_stop(&L);
+}
+
 /* A TLS client with no certificate, straight from gnutls. */
 typedef struct {
     guint16 port;
@@ -757,14 +880,14 @@ static gpointer bare_client_thread(gpointer data)
 {
     BareClient *b = data;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(b->port),
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_port = htons(b->port),
                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     g_assert_cmpint(connect(fd, (struct sockaddr *) &sin, sizeof(sin)), ==, 0);
     gnutls_certificate_credentials_t cred;
     gnutls_session_t s;
     g_assert_cmpint(gnutls_certificate_allocate_credentials(&cred), ==, 0);
-    g_assert_cmpint(gnutls_certificate_set_x509_trust_file(cred, b->ca, GNUTLS_X509_FMT_PEM), >,
-                    0);
+    g_assert_cmpint(gnutls_certificate_set_x509_trust_file(cred, b->ca, GNUTLS_X509_FMT_PEM), >, 0);
     g_assert_cmpint(gnutls_init(&s, GNUTLS_CLIENT), ==, 0);
     g_assert_cmpint(gnutls_set_default_priority(s), ==, 0);
     g_assert_cmpint(gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, cred), ==, 0);
@@ -789,14 +912,15 @@ static void test_tls_no_client_certificate(void)
 {
     Listening L;
     listening_start(&L, "tls:127.0.0.1:0", "good");
-    BareClient b = {.port = L.uri.port, .ca = g_build_filename(tmp_root, "good", "ca-cert.pem",
-                                                                NULL)};
+    BareClient b = {.port = L.uri.port,
+                    .ca = g_build_filename(tmp_root, "good", "ca-cert.pem", NULL)};
     GThread *t = g_thread_new("bare", bare_client_thread, &b);
     g_autoptr(GError) error = NULL;
     g_assert_null(ferry_migration_listener_accept(L.listener, NULL, &error));
     g_thread_join(t);
     assert_error_contains(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_NO_CERTIFICATE,
                           "the source presented no client certificate");
+    g_assert_true(g_str_has_prefix(error->message, "connection from 127.0.0.1:"));
     /* The client was told with an alert, during its handshake (TLS 1.2) or after (1.3). */
     g_assert_true(b.handshake == GNUTLS_E_FATAL_ALERT_RECEIVED ||
                   b.recv == GNUTLS_E_FATAL_ALERT_RECEIVED);
@@ -815,9 +939,9 @@ static void test_tls_client_plain_listener(void)
     GIOStream *dst = ferry_migration_listener_accept(L.listener, NULL, &error);
     g_assert_no_error(error);
     uint8_t buf[64];
-    g_assert_cmpint(g_input_stream_read(g_io_stream_get_input_stream(dst), buf, sizeof(buf),
-                                        NULL, &error),
-                    ==, -1);
+    g_assert_cmpint(
+        g_input_stream_read(g_io_stream_get_input_stream(dst), buf, sizeof(buf), NULL, &error), ==,
+        -1);
     assert_error_contains(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_MISMATCH,
                           "the source speaks TLS; use tls: on both sides");
     g_object_unref(dst); /* closes: the source's handshake ends */
@@ -862,6 +986,20 @@ static void test_plain_client_tls_listener(void)
     g_autofree char *expect = g_strdup_printf("connection to 127.0.0.1:%u: the destination "
                                               "speaks TLS; use tls: on both sides",
                                               L.uri.port);
+    assert_error_contains(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_MISMATCH, expect);
+    g_clear_error(&error);
+    g_object_unref(src);
+
+    /* A source that only writes finds out when a write fails. */
+    src = ferry_migration_connect(&uri, NULL, NULL, &error);
+    g_assert_no_error(error);
+    GOutputStream *out = g_io_stream_get_output_stream(src);
+    g_autofree uint8_t *buf = g_malloc0(64 * 1024);
+    buf[0] = 0x89;
+    g_assert_true(g_output_stream_write_all(out, buf, 16, NULL, NULL, &error));
+    g_assert_null(ferry_migration_listener_accept(L.listener, NULL, NULL));
+    while (g_output_stream_write_all(out, buf, 64 * 1024, NULL, NULL, &error))
+        ;
     assert_error_contains(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_MISMATCH, expect);
     g_object_unref(src);
     listening_stop(&L);
@@ -981,6 +1119,7 @@ int main(int argc, char **argv)
     g_test_add_func("/channel/uri/bad", test_uri_bad);
     g_test_add_func("/channel/tcp/round-trip", test_tcp_round_trip);
     g_test_add_func("/channel/tcp/refused", test_tcp_refused);
+    g_test_add_func("/channel/tcp/link-down", test_tcp_link_down);
     g_test_add_func("/channel/unix/round-trip", test_unix_round_trip);
     g_test_add_func("/channel/fd/handover", test_fd_handover);
     g_test_add_func("/channel/tls/round-trip", test_tls_round_trip);
@@ -991,6 +1130,7 @@ int main(int argc, char **argv)
     g_test_add_func("/channel/tls/source-untrusted", test_tls_source_untrusted);
     g_test_add_func("/channel/tls/expired", test_tls_expired);
     g_test_add_func("/channel/tls/hostname", test_tls_hostname);
+    g_test_add_func("/channel/tls/wrong-purpose", test_tls_wrong_purpose);
     g_test_add_func("/channel/tls/no-client-certificate", test_tls_no_client_certificate);
     g_test_add_func("/channel/tls/client-to-plain-listener", test_tls_client_plain_listener);
     g_test_add_func("/channel/tls/plain-client-to-listener", test_plain_client_tls_listener);

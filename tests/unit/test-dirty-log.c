@@ -78,9 +78,16 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(Fixture, fixture_free)
 
 static void seg(struct kvm_segment *s, uint16_t sel, uint8_t type, gboolean code)
 {
-    *s = (struct kvm_segment){.base = 0, .limit = 0xffffffff, .selector = sel, .type = type,
-                              .present = 1, .dpl = 0, .db = code ? 0 : 1, .s = 1,
-                              .l = code ? 1 : 0, .g = 1};
+    *s = (struct kvm_segment){.base = 0,
+                              .limit = 0xffffffff,
+                              .selector = sel,
+                              .type = type,
+                              .present = 1,
+                              .dpl = 0,
+                              .db = code ? 0 : 1,
+                              .s = 1,
+                              .l = code ? 1 : 0,
+                              .g = 1};
 }
 
 /* Identity page tables for the first 8 GiB with 2 MiB pages, accessed/dirty bits preset so
@@ -129,8 +136,7 @@ static Fixture *fixture_new(void)
     build_page_tables(f);
     memcpy(ferry_guest_memory_hva(f->mem, CODE_GPA, sizeof(write_list)), write_list,
            sizeof(write_list));
-    memcpy(ferry_guest_memory_hva(f->mem, LOOP_GPA, sizeof(inc_loop)), inc_loop,
-           sizeof(inc_loop));
+    memcpy(ferry_guest_memory_hva(f->mem, LOOP_GPA, sizeof(inc_loop)), inc_loop, sizeof(inc_loop));
     f->table_next = TABLE_GPA;
 
     struct kvm_sregs s;
@@ -140,8 +146,8 @@ static Fixture *fixture_new(void)
     s.es = s.fs = s.gs = s.ss = s.ds;
     s.cr0 = 0x80000031; /* PG, NE, ET, PE */
     s.cr3 = PML4_GPA;
-    s.cr4 = 0x20;       /* PAE */
-    s.efer = 0x500;     /* LMA, LME */
+    s.cr4 = 0x20;   /* PAE */
+    s.efer = 0x500; /* LMA, LME */
     g_assert_cmpint(ioctl(f->vcpu_fd, KVM_SET_SREGS, &s), ==, 0);
     return g_steal_pointer(&f);
 }
@@ -159,8 +165,7 @@ static uint64_t put_list(Fixture *f, const uint64_t *gpas, unsigned n)
 static void set_regs(Fixture *f, uint64_t rip, uint64_t rsi, uint64_t rcx, uint64_t rbx,
                      uint64_t rdx)
 {
-    struct kvm_regs r = {.rip = rip, .rflags = 0x2, .rsi = rsi, .rcx = rcx, .rbx = rbx,
-                         .rdx = rdx};
+    struct kvm_regs r = {.rip = rip, .rflags = 0x2, .rsi = rsi, .rcx = rcx, .rbx = rbx, .rdx = rdx};
     g_assert_cmpint(ioctl(f->vcpu_fd, KVM_SET_REGS, &r), ==, 0);
 }
 
@@ -280,12 +285,12 @@ static FerryDirtyLog *start_drained(Fixture *f)
 }
 
 static const uint64_t targets[] = {
-    0x5000,                                 /* low, first chunk */
-    0x40000000 + 0x7000,                    /* 1 GiB */
-    0x40000000 + 0x7008,                    /* same page again */
-    0x40000000 + 0x8000,                    /* its neighbour */
-    3 * FERRY_GIB - PAGE,                   /* last page of region 0 */
-    FERRY_HIGH_RAM_START,                   /* first page of region 1 */
+    0x5000,               /* low, first chunk */
+    0x40000000 + 0x7000,  /* 1 GiB */
+    0x40000000 + 0x7008,  /* same page again */
+    0x40000000 + 0x8000,  /* its neighbour */
+    3 * FERRY_GIB - PAGE, /* last page of region 0 */
+    FERRY_HIGH_RAM_START, /* first page of region 1 */
     FERRY_HIGH_RAM_START + 0x123000,
     FERRY_HIGH_RAM_START + 64 * FERRY_MIB + (TAIL_PAGES - 1) * PAGE, /* last page of RAM */
 };
@@ -373,8 +378,8 @@ static void test_chunks(void)
     g_assert_true(ferry_guest_memory_write(f->mem, last, &last, 8, &err));
     g_assert_true(ferry_dirty_log_sync(log, &pending, &err));
     g_assert_cmpuint(pending, ==, 1);
-    g_assert_true(ferry_dirty_log_take_chunk(log, 1, rp - TAIL_PAGES, TAIL_PAGES, out, &count,
-                                             &err));
+    g_assert_true(
+        ferry_dirty_log_take_chunk(log, 1, rp - TAIL_PAGES, TAIL_PAGES, out, &count, &err));
     g_assert_no_error(err);
     g_assert_cmpuint(count, ==, 1);
     g_assert_cmphex(out[0], ==, 1ULL << (TAIL_PAGES - 1));
@@ -549,8 +554,8 @@ static void copy_round(Fixture *f, FerryDirtyLog *log, uint8_t *dest, GHashTable
     Taker t[2];
     GThread *th[2];
     for (unsigned i = 0; i < 2; i++) {
-        t[i] = (Taker){.f = f, .log = log, .dest = dest, .watched = watched, .parity = i,
-                       .round0 = round0};
+        t[i] = (Taker){
+            .f = f, .log = log, .dest = dest, .watched = watched, .parity = i, .round0 = round0};
         th[i] = g_thread_new("taker", take_and_copy, &t[i]);
     }
     for (unsigned i = 0; i < 2; i++)
@@ -570,15 +575,14 @@ static void test_no_lost_writes(void)
      * device; the page-table, code and table pages are read only. */
     uint64_t hot[HOT_PAGES];
     for (unsigned i = 0; i < HOT_PAGES; i++)
-        hot[i] = i % 3 == 2 ? FERRY_HIGH_RAM_START + i * 0x2a3000ULL
-                            : 0x100000 + i * 0x7654000ULL;
+        hot[i] = i % 3 == 2 ? FERRY_HIGH_RAM_START + i * 0x2a3000ULL : 0x100000 + i * 0x7654000ULL;
     uint64_t list = put_list(f, hot, HOT_PAGES);
     Writer w = {.f = f};
     for (unsigned i = 0; i < VMM_PAGES; i++)
         w.gpas[i] = i % 2 ? FERRY_HIGH_RAM_START + 0x3000000 + i * PAGE : 0x9000000 + i * PAGE;
 
-    g_autoptr(GHashTable) watched = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
-                                                          NULL);
+    g_autoptr(GHashTable) watched =
+        g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
     uint64_t all[HOT_PAGES + VMM_PAGES];
     for (unsigned i = 0; i < HOT_PAGES + VMM_PAGES; i++) {
         all[i] = i < HOT_PAGES ? hot[i] : w.gpas[i - HOT_PAGES];

@@ -596,6 +596,307 @@ static void test_status_records(void)
                         FERRY_STREAM_ERROR_UNKNOWN_RECORD, NULL);
 }
 
+/* ---- DISCARD and CHECKPOINT (post-copy switch) ---- */
+
+/*
+ * A forward stream as the post-copy switch writes it: CONFIG, ROUND 0, a RAM batch, ROUND 1
+ * POSTCOPY, DISCARD (two ranges), a section, CHECKPOINT, a RAM batch, END.  @cp (nullable)
+ * receives the writer's figures just before the CHECKPOINT.
+ */
+static GBytes *postcopy_stream(FerryStreamStats *cp)
+{
+    g_autoptr(GOutputStream) out = mem_out();
+    g_autoptr(FerryStreamWriter) w = ferry_stream_writer_new(out, 0, NULL);
+    FerryStreamConfig c;
+    g_autofree uint8_t *pages = g_malloc0(2 * PAGE);
+    static const FerryStreamRange discard[] = {{0x3000, PAGE}, {4096 * MiB, 2 * PAGE}};
+
+    config_a(&c);
+    fill_page(pages, 11);
+    g_assert_true(ferry_stream_writer_put_header(w, &c, NULL));
+    g_assert_true(ferry_stream_writer_put_round(w, 0, 0, NULL));
+    g_assert_true(ferry_stream_writer_put_ram_batch(w, 0x3000, 2, pages, NULL, NULL));
+    g_assert_true(ferry_stream_writer_put_round(w, 1, FERRY_STREAM_ROUND_POSTCOPY, NULL));
+    g_assert_true(ferry_stream_writer_put_discard(w, discard, G_N_ELEMENTS(discard), NULL));
+    g_assert_true(ferry_stream_writer_put_section(w, "vcpu/0", 1, "regs", 4, NULL));
+    if (cp)
+        ferry_stream_writer_get_stats(w, cp);
+    g_assert_true(ferry_stream_writer_put_checkpoint(w, NULL));
+    /* put_checkpoint flushed: everything so far is in the output */
+    FerryStreamStats now;
+    ferry_stream_writer_get_stats(w, &now);
+    g_assert_cmpuint(g_memory_output_stream_get_data_size(G_MEMORY_OUTPUT_STREAM(out)), ==,
+                     now.bytes);
+    g_assert_true(ferry_stream_writer_put_ram_batch(w, 0x3000, 1, pages, NULL, NULL));
+    g_assert_true(ferry_stream_writer_put_end(w, NULL));
+    return mem_out_bytes(out);
+}
+
+static void test_postcopy_records(void)
+{
+    FerryStreamStats cp;
+    g_autoptr(GBytes) bytes = postcopy_stream(&cp);
+    g_autoptr(GError) error = NULL;
+    FerryStreamConfig c;
+    config_a(&c);
+
+    g_autoptr(GInputStream) in = g_memory_input_stream_new_from_bytes(bytes);
+    g_autoptr(FerryStreamReader) r =
+        ferry_stream_reader_new(in, 0, &c, ram_layout, G_N_ELEMENTS(ram_layout), NULL);
+    FerryStreamRecord rec;
+    g_assert_true(ferry_stream_reader_read_header(r, &error));
+    for (unsigned i = 0; i < 3; i++)
+        g_assert_true(ferry_stream_reader_next(r, &rec, &error));
+    g_assert_cmpint(rec.type, ==, FERRY_STREAM_RECORD_ROUND);
+    g_assert_cmpuint(rec.round.flags, ==, FERRY_STREAM_ROUND_POSTCOPY);
+    g_assert_true(ferry_stream_reader_next(r, &rec, &error));
+    g_assert_cmpint(rec.type, ==, FERRY_STREAM_RECORD_DISCARD);
+    g_assert_cmpuint(rec.discard.n, ==, 2);
+    g_assert_cmphex(rec.discard.ranges[0].gpa, ==, 0x3000);
+    g_assert_cmphex(rec.discard.ranges[0].bytes, ==, PAGE);
+    g_assert_cmphex(rec.discard.ranges[1].gpa, ==, 4096 * MiB);
+    g_assert_cmphex(rec.discard.ranges[1].bytes, ==, 2 * PAGE);
+    g_assert_true(ferry_stream_reader_next(r, &rec, &error));
+    g_assert_cmpint(rec.type, ==, FERRY_STREAM_RECORD_SECTION);
+    g_assert_true(ferry_stream_reader_next(r, &rec, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(rec.type, ==, FERRY_STREAM_RECORD_CHECKPOINT);
+    g_assert_cmpuint(rec.checkpoint.records, ==, cp.records);
+    g_assert_cmpuint(rec.checkpoint.bytes, ==, cp.bytes);
+    g_assert_cmpuint(rec.offset, ==, cp.bytes);
+    g_assert_true(ferry_stream_reader_next(r, &rec, &error));
+    g_assert_cmpint(rec.type, ==, FERRY_STREAM_RECORD_RAM_BATCH);
+    /* END counts the CHECKPOINT like any record */
+    g_assert_true(ferry_stream_reader_next(r, &rec, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(rec.type, ==, FERRY_STREAM_RECORD_END);
+
+    /* A stream cut after the CHECKPOINT: everything up to it verifies, then TRUNCATED. */
+    g_autoptr(GBytes) cut = g_bytes_new_from_bytes(bytes, 0, cp.bytes + 16 + 24);
+    g_autoptr(GInputStream) in2 = g_memory_input_stream_new_from_bytes(cut);
+    g_autoptr(FerryStreamReader) r2 =
+        ferry_stream_reader_new(in2, 0, &c, ram_layout, G_N_ELEMENTS(ram_layout), NULL);
+    g_assert_true(ferry_stream_reader_read_header(r2, &error));
+    do {
+        g_assert_true(ferry_stream_reader_next(r2, &rec, &error));
+    } while (rec.type != FERRY_STREAM_RECORD_CHECKPOINT);
+    g_assert_false(ferry_stream_reader_next(r2, &rec, &error));
+    g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_TRUNCATED);
+    g_clear_error(&error);
+
+    /* The most ranges a DISCARD holds; writer refusals. */
+    FerryStreamRange many[FERRY_STREAM_MAX_DISCARD_RANGES + 1];
+    for (unsigned i = 0; i < G_N_ELEMENTS(many); i++)
+        many[i] = (FerryStreamRange){(uint64_t) i * 2 * PAGE, PAGE * (1 + i % 2)};
+    g_autoptr(GOutputStream) out = mem_out();
+    g_autoptr(FerryStreamWriter) w = ferry_stream_writer_new(out, 0, NULL);
+    g_assert_true(ferry_stream_writer_put_header(w, &c, NULL));
+    g_assert_true(ferry_stream_writer_put_discard(w, many, FERRY_STREAM_MAX_DISCARD_RANGES, NULL));
+    g_assert_false(ferry_stream_writer_put_discard(w, many, G_N_ELEMENTS(many), &error));
+    g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID);
+    g_clear_error(&error);
+    g_assert_false(ferry_stream_writer_put_discard(w, many, 0, &error));
+    g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID);
+    g_clear_error(&error);
+    static const FerryStreamRange bad[] = {
+        {0x800, PAGE}, {0, 0}, {0, 100}, {~0ull - PAGE + 1, 2 * PAGE}};
+    for (unsigned i = 0; i < G_N_ELEMENTS(bad); i++) {
+        g_assert_false(ferry_stream_writer_put_discard(w, &bad[i], 1, &error));
+        g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID);
+        g_assert_nonnull(strstr(error->message, "DISCARD range 0"));
+        g_clear_error(&error);
+    }
+    g_assert_true(ferry_stream_writer_put_checkpoint(w, NULL));
+    g_assert_true(ferry_stream_writer_put_checkpoint(w, NULL)); /* back to back is fine */
+    g_assert_true(ferry_stream_writer_put_end(w, NULL));
+    g_assert_false(ferry_stream_writer_put_checkpoint(w, &error)); /* not after END */
+    g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID);
+    g_clear_error(&error);
+    g_autoptr(GBytes) b = mem_out_bytes(out);
+    g_autoptr(GArray) types = g_array_new(FALSE, FALSE, sizeof(FerryStreamRecordType));
+    g_assert_true(read_stream_full(b, 0, &c, NULL, 0, types, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(types->len, ==, 4);
+    g_assert_cmpint(g_array_index(types, FerryStreamRecordType, 0), ==,
+                    FERRY_STREAM_RECORD_DISCARD);
+    g_assert_cmpint(g_array_index(types, FerryStreamRecordType, 2), ==,
+                    FERRY_STREAM_RECORD_CHECKPOINT);
+
+    /* Both are forward-only: a return-path writer refuses them. */
+    g_autoptr(GOutputStream) out2 = mem_out();
+    g_autoptr(FerryStreamWriter) rw =
+        ferry_stream_writer_new(out2, FERRY_STREAM_FLAG_RETURN_PATH, NULL);
+    g_assert_true(ferry_stream_writer_put_header(rw, &c, NULL));
+    g_assert_false(ferry_stream_writer_put_discard(rw, many, 1, &error));
+    g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID);
+    g_clear_error(&error);
+    g_assert_false(ferry_stream_writer_put_checkpoint(rw, &error));
+    g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID);
+}
+
+/*
+ * A raw forward stream: CONFIG, ROUND 0, a CHECKPOINT whose figures are the true ones plus
+ * @records_delta, @bytes_delta, CRC xor @crc_xor and reserved word @reserved, then ROUND 1 and
+ * a correct END (if @end).
+ */
+static GBytes *raw_checkpoint_stream(int64_t records_delta, int64_t bytes_delta, uint32_t crc_xor,
+                                     uint32_t reserved, gboolean end)
+{
+    g_autoptr(GArray) recs = raw_with_config();
+    uint8_t round[8] = {0};
+    raw_add(recs, FERRY_STREAM_RECORD_ROUND, round, 8);
+    g_autoptr(GBytes) head = raw_stream(1, 0, recs, FALSE);
+    GByteArray *out = g_byte_array_new();
+    g_byte_array_append(out, g_bytes_get_data(head, NULL), (guint) g_bytes_get_size(head));
+    uint8_t cp[24];
+    put_le(cp, recs->len + records_delta, 8);
+    put_le(cp + 8, out->len + bytes_delta, 8);
+    put_le(cp + 16, ferry_crc32c(0, out->data, out->len) ^ crc_xor, 4);
+    put_le(cp + 20, reserved, 4);
+    raw_append_record(out, FERRY_STREAM_RECORD_CHECKPOINT, 0, 24, cp, 24);
+    put_le(round, 1, 4);
+    raw_append_record(out, FERRY_STREAM_RECORD_ROUND, 0, 8, round, 8);
+    if (end) {
+        uint8_t e[24];
+        put_le(e, recs->len + 2, 8);
+        put_le(e + 8, out->len, 8);
+        put_le(e + 16, ferry_crc32c(0, out->data, out->len), 4);
+        put_le(e + 20, 0, 4);
+        raw_append_record(out, FERRY_STREAM_RECORD_END, 0, 24, e, 24);
+    }
+    return g_byte_array_free_to_bytes(out);
+}
+
+static void test_postcopy_records_malformed(void)
+{
+    /* a hand-built CHECKPOINT with the right figures reads (the layout matches the doc) */
+    g_autoptr(GBytes) good = raw_checkpoint_stream(0, 0, 0, 0, TRUE);
+    g_autoptr(GError) error = NULL;
+    g_assert_true(read_stream(good, &error));
+    g_assert_no_error(error);
+
+    /* wrong figures fail at the CHECKPOINT itself, not at END: no END follows here */
+    static const struct {
+        int64_t records, bytes;
+        uint32_t crc_xor, reserved;
+        FerryStreamError code;
+        const char *fragment;
+    } cps[] = {
+        {1, 0, 0, 0, FERRY_STREAM_ERROR_CHECKSUM, "lost or duplicated: the CHECKPOINT"},
+        {-1, 0, 0, 0, FERRY_STREAM_ERROR_CHECKSUM, "lost or duplicated"},
+        {0, 16, 0, 0, FERRY_STREAM_ERROR_CHECKSUM, "lost or duplicated"},
+        {0, 0, 0x100, 0, FERRY_STREAM_ERROR_CHECKSUM, "does not match at the CHECKPOINT"},
+        {0, 0, 0, 1, FERRY_STREAM_ERROR_INVALID, "CHECKPOINT record is malformed"},
+    };
+    for (unsigned i = 0; i < G_N_ELEMENTS(cps); i++) {
+        g_autoptr(GBytes) b = raw_checkpoint_stream(cps[i].records, cps[i].bytes, cps[i].crc_xor,
+                                                    cps[i].reserved, FALSE);
+        assert_read_fails(b, cps[i].code, cps[i].fragment);
+    }
+
+    /* a record dropped before the CHECKPOINT (the first ROUND) is caught there */
+    g_autoptr(GBytes) pc = postcopy_stream(NULL);
+    gsize len;
+    const uint8_t *p = g_bytes_get_data(pc, &len);
+    size_t cfg_end = 16 + 16 + get_le(p + 16 + 4, 4);
+    g_autoptr(GByteArray) dropped = g_byte_array_new();
+    g_byte_array_append(dropped, p, (guint) cfg_end);
+    g_byte_array_append(dropped, p + cfg_end + 16 + 8, (guint) (len - cfg_end - 16 - 8));
+    g_autoptr(GBytes) b1 = g_byte_array_free_to_bytes(g_steal_pointer(&dropped));
+    assert_read_fails(b1, FERRY_STREAM_ERROR_CHECKSUM, "the CHECKPOINT record counts");
+
+    /* CHECKPOINT lengths other than 24 */
+    uint8_t zeros[32] = {0};
+    expect_record_fails(TRUE, FERRY_STREAM_RECORD_CHECKPOINT, zeros, 23, FERRY_STREAM_ERROR_INVALID,
+                        "needs at least 24");
+    g_autoptr(GBytes) big = header_only_stream(0, FERRY_STREAM_RECORD_CHECKPOINT, 0, 25, zeros, 0);
+    assert_read_fails(big, FERRY_STREAM_ERROR_OVERSIZED, "CHECKPOINT");
+    g_autoptr(GBytes) bigd =
+        header_only_stream(0, FERRY_STREAM_RECORD_DISCARD, 0, 8 + 1025 * 16, zeros, 0);
+    assert_read_fails(bigd, FERRY_STREAM_ERROR_OVERSIZED, "DISCARD");
+
+    /* DISCARD payloads: count/length disagreements, reserved word, ranges that are not pages */
+    static const struct {
+        uint32_t n, reserved;
+        unsigned entries;
+        uint64_t gpa, bytes;
+        FerryStreamError code;
+        const char *fragment;
+    } ds[] = {
+        {0, 0, 1, 0, PAGE, FERRY_STREAM_ERROR_INVALID, "malformed (0 ranges"},
+        {2, 0, 1, 0, PAGE, FERRY_STREAM_ERROR_INVALID, "malformed (2 ranges in 24"},
+        {1, 0, 2, 0, PAGE, FERRY_STREAM_ERROR_INVALID, "malformed (1 ranges in 40"},
+        {1, 7, 1, 0, PAGE, FERRY_STREAM_ERROR_INVALID, "malformed"},
+        {1, 0, 1, 0x10, PAGE, FERRY_STREAM_ERROR_INVALID, "not a whole number of pages"},
+        {1, 0, 1, 0, 0, FERRY_STREAM_ERROR_INVALID, "not a whole number of pages"},
+        {1, 0, 1, 0, 3 * PAGE / 2, FERRY_STREAM_ERROR_INVALID, "not a whole number"},
+        {1, 0, 1, ~0ull - PAGE + 1, 2 * PAGE, FERRY_STREAM_ERROR_INVALID, "whole number"},
+        {1, 0, 1, 16 * MiB - PAGE, 2 * PAGE, FERRY_STREAM_ERROR_RANGE, "outside this VM's RAM"},
+        {1, 0, 1, 64 * MiB, PAGE, FERRY_STREAM_ERROR_RANGE, "DISCARD range 0"},
+    };
+    for (unsigned i = 0; i < G_N_ELEMENTS(ds); i++) {
+        uint8_t d[8 + 2 * 16] = {0};
+        put_le(d, ds[i].n, 4);
+        put_le(d + 4, ds[i].reserved, 4);
+        for (unsigned k = 0; k < ds[i].entries; k++) {
+            put_le(d + 8 + 16 * k, ds[i].gpa, 8);
+            put_le(d + 16 + 16 * k, ds[i].bytes, 8);
+        }
+        expect_record_fails(TRUE, FERRY_STREAM_RECORD_DISCARD, d, 8 + 16 * ds[i].entries,
+                            ds[i].code, ds[i].fragment);
+    }
+
+    /* Neither belongs in a return path. */
+    uint8_t d1[24] = {0};
+    put_le(d1, 1, 4);
+    put_le(d1 + 16, PAGE, 8);
+    uint8_t cp[24] = {0};
+    put_le(cp, 1, 8);
+    put_le(cp + 8, 16, 8);
+    const struct {
+        unsigned type;
+        const uint8_t *payload;
+        const char *name;
+    } rp[] = {{FERRY_STREAM_RECORD_DISCARD, d1, "DISCARD"},
+              {FERRY_STREAM_RECORD_CHECKPOINT, cp, "CHECKPOINT"}};
+    for (unsigned i = 0; i < G_N_ELEMENTS(rp); i++) {
+        g_autoptr(GArray) recs = raw_with_config();
+        raw_add(recs, rp[i].type, rp[i].payload, 24);
+        g_autoptr(GBytes) b = raw_stream(1, FERRY_STREAM_FLAG_RETURN_PATH, recs, TRUE);
+        g_assert_false(
+            read_stream_full(b, FERRY_STREAM_FLAG_RETURN_PATH, NULL, NULL, 0, NULL, &error));
+        g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_UNKNOWN_RECORD);
+        g_assert_nonnull(strstr(error->message, rp[i].name));
+        g_clear_error(&error);
+    }
+}
+
+/* The post-copy stream cut at every byte, and with every bit flipped, never reads. */
+static void test_postcopy_records_damaged(void)
+{
+    g_autoptr(GBytes) bytes = postcopy_stream(NULL);
+    gsize len;
+    const uint8_t *orig = g_bytes_get_data(bytes, &len);
+
+    for (gsize cut = 0; cut < len; cut++) {
+        g_autoptr(GBytes) part = g_bytes_new(orig, cut);
+        g_autoptr(GError) error = NULL;
+        g_assert_false(read_stream(part, &error));
+        g_assert_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_TRUNCATED);
+    }
+    g_autofree uint8_t *p = g_memdup2(orig, len);
+    for (gsize i = 0; i < len; i++) {
+        for (unsigned bit = 0; bit < 8; bit++) {
+            p[i] ^= (uint8_t) (1u << bit);
+            g_autoptr(GBytes) bad = g_bytes_new_static(p, len);
+            g_autoptr(GError) error = NULL;
+            if (read_stream(bad, &error))
+                g_error("flipping bit %u of byte %zu went unnoticed", bit, (size_t) i);
+            p[i] ^= (uint8_t) (1u << bit);
+        }
+    }
+}
+
 static void test_roundtrip_small(void)
 {
     g_autoptr(GBytes) bytes = small_stream();
@@ -1252,6 +1553,9 @@ int main(int argc, char **argv)
     g_test_add_func("/stream/roundtrip/return-path", test_roundtrip_return_path);
     g_test_add_func("/stream/roundtrip/small", test_roundtrip_small);
     g_test_add_func("/stream/status", test_status_records);
+    g_test_add_func("/stream/postcopy-records", test_postcopy_records);
+    g_test_add_func("/stream/postcopy-records/malformed", test_postcopy_records_malformed);
+    g_test_add_func("/stream/postcopy-records/damaged", test_postcopy_records_damaged);
     g_test_add_func("/stream/roundtrip/pipe-chunks", test_pipe_chunks);
     g_test_add_func("/stream/zero-pages-cost-flags", test_zero_pages_cost_flags);
     g_test_add_func("/stream/compression", test_compression);

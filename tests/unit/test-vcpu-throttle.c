@@ -118,8 +118,8 @@ static void test_sleeps(void)
             g_usleep(1000);
         gint64 t1 = g_get_monotonic_time();
         double share = (double) (get(&v->throttle_slept_ns) - slept0) / 1000.0 / (double) (t1 - t0);
-        g_test_message("throttle %u%%: asleep %.0f%% of %.0f ms (20 sleeps)", percent,
-                       share * 100, (double) (t1 - t0) / 1000);
+        g_test_message("throttle %u%%: asleep %.0f%% of %.0f ms (20 sleeps)", percent, share * 100,
+                       (double) (t1 - t0) / 1000);
     }
     ferry_vcpu_throttle_set(vm, 500);
     g_assert_cmpuint(ferry_vcpu_throttle_get(vm), ==, 99);

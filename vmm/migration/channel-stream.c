@@ -26,13 +26,13 @@ typedef struct {
     FerryTlsSession *tls; /* owned, nullable */
     char *what;           /* "connection to 10.0.0.2:4444" */
     const char *peer_role;
-    GMutex lock;         /* @closed, @write_closed */
-    gboolean closed;     /* the GIOStream was closed */
-    gboolean write_closed; /* close_notify and FIN sent */
-    gint aborted;        /* atomic: shut down by abort or a cancellable */
-    gint broken;         /* atomic: a send failed (no close_notify then) */
-    gint received;       /* atomic: the first byte has been read */
-    GMutex recv_lock;    /* held by the reading thread inside the TLS session */
+    GMutex lock;               /* @closed, @write_closed */
+    gboolean closed;           /* the GIOStream was closed */
+    gboolean write_closed;     /* close_notify and FIN sent */
+    gint aborted;              /* atomic: shut down by abort or a cancellable */
+    gint broken;               /* atomic: a send failed (no close_notify then) */
+    gint received;             /* atomic: the first byte has been read */
+    GMutex recv_lock;          /* held by the reading thread inside the TLS session */
     Watch in_watch, out_watch; /* touched by the reading / writing thread only */
 } Core;
 
@@ -119,6 +119,13 @@ static void op_failed(Core *c, GError *cause, GError **error)
     if (g_atomic_int_get(&c->aborted)) {
         g_clear_error(&cause);
         set_cancelled(c, error);
+        return;
+    }
+    if (g_error_matches(cause, G_IO_ERROR, G_IO_ERROR_TIMED_OUT)) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                    "%s lost: %s (no answer from the %s for %d s: link down or host gone?)",
+                    c->what, cause->message, c->peer_role, FERRY_CHANNEL_USER_TIMEOUT_MS / 1000);
+        g_error_free(cause);
         return;
     }
     if (cause->domain == FERRY_TLS_ERROR)
@@ -213,8 +220,7 @@ static void ferry_channel_input_init(FerryChannelInput *self)
 /* ---- output --------------------------------------------------------------------------- */
 
 #define FERRY_TYPE_CHANNEL_OUTPUT (ferry_channel_output_get_type())
-G_DECLARE_FINAL_TYPE(FerryChannelOutput, ferry_channel_output, FERRY, CHANNEL_OUTPUT,
-                     GOutputStream)
+G_DECLARE_FINAL_TYPE(FerryChannelOutput, ferry_channel_output, FERRY, CHANNEL_OUTPUT, GOutputStream)
 
 struct _FerryChannelOutput {
     GOutputStream parent;
@@ -254,8 +260,8 @@ static void explain_send_failure(Core *c, GError **cause)
         return;
     }
     uint8_t first;
-    if (!g_atomic_int_get(&c->received) &&
-        recv(c->fd, &first, 1, MSG_PEEK | MSG_DONTWAIT) == 1 && peer_speaks_tls(first)) {
+    if (!g_atomic_int_get(&c->received) && recv(c->fd, &first, 1, MSG_PEEK | MSG_DONTWAIT) == 1 &&
+        peer_speaks_tls(first)) {
         g_clear_error(cause);
         set_mismatch(c, cause);
     }

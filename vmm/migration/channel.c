@@ -8,24 +8,18 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-/*
- * Dead-peer detection (tcp(7)): probe after 5 s idle, every 1 s, give up after 5 missed
- * probes; unacknowledged data fails the connection after 10 s.  A cut link thus fails
- * reads within ~10 s and writes within 10 s.
- */
-#define KEEPALIVE_IDLE_S     5
-#define KEEPALIVE_INTERVAL_S 1
-#define KEEPALIVE_COUNT      5
-#define USER_TIMEOUT_MS      10000
-
 #define LISTEN_BACKLOG 16
-#define UNIX_PATH_MAX  (sizeof(((struct sockaddr_un *) 0)->sun_path) - 1)
+
+/* How long a refused peer is given to read our alert and close first (see close_refused). */
+#define REFUSAL_LINGER_MS 1000
+#define UNIX_PATH_MAX     (sizeof(((struct sockaddr_un *) 0)->sun_path) - 1)
 
 /* ---- URIs ----------------------------------------------------------------------------- */
 
@@ -135,8 +129,7 @@ gboolean ferry_migration_uri_parse(const char *text, FerryMigrationUri *uri, GEr
         uri->fd = (int) value;
         return TRUE;
     }
-    return uri_error(error, text, "unknown transport '%s' (use tcp:, tls:, unix: or fd:)",
-                     scheme);
+    return uri_error(error, text, "unknown transport '%s' (use tcp:, tls:, unix: or fd:)", scheme);
 }
 
 /* "host:port", "[::1]:port" */
@@ -153,8 +146,7 @@ char *ferry_migration_uri_to_string(const FerryMigrationUri *uri)
     case FERRY_MIGRATION_TRANSPORT_TLS: {
         g_autofree char *hp = host_port(uri->host, uri->port);
         return g_strdup_printf("%s:%s",
-                               uri->transport == FERRY_MIGRATION_TRANSPORT_TCP ? "tcp" : "tls",
-                               hp);
+                               uri->transport == FERRY_MIGRATION_TRANSPORT_TCP ? "tcp" : "tls", hp);
     }
     case FERRY_MIGRATION_TRANSPORT_UNIX:
         return g_strdup_printf("unix:%s", uri->path);
@@ -180,8 +172,8 @@ static gboolean set_int_opt(int fd, int level, int name, int value, const char *
     if (setsockopt(fd, level, name, &value, sizeof(value)) == 0)
         return TRUE;
     int e = errno;
-    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e), "cannot set %s on a socket: %s",
-                what, g_strerror(e));
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e), "cannot set %s on a socket: %s", what,
+                g_strerror(e));
     return FALSE;
 }
 
@@ -194,12 +186,14 @@ static gboolean set_socket_options(int fd, GError **error)
         (domain != AF_INET && domain != AF_INET6))
         return TRUE;
     return set_int_opt(fd, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE", error) &&
-           set_int_opt(fd, IPPROTO_TCP, TCP_KEEPIDLE, KEEPALIVE_IDLE_S, "TCP_KEEPIDLE", error) &&
-           set_int_opt(fd, IPPROTO_TCP, TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S, "TCP_KEEPINTVL",
+           set_int_opt(fd, IPPROTO_TCP, TCP_KEEPIDLE, FERRY_CHANNEL_KEEPALIVE_IDLE_S,
+                       "TCP_KEEPIDLE", error) &&
+           set_int_opt(fd, IPPROTO_TCP, TCP_KEEPINTVL, FERRY_CHANNEL_KEEPALIVE_INTERVAL_S,
+                       "TCP_KEEPINTVL", error) &&
+           set_int_opt(fd, IPPROTO_TCP, TCP_KEEPCNT, FERRY_CHANNEL_KEEPALIVE_COUNT, "TCP_KEEPCNT",
                        error) &&
-           set_int_opt(fd, IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE_COUNT, "TCP_KEEPCNT", error) &&
-           set_int_opt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, USER_TIMEOUT_MS, "TCP_USER_TIMEOUT",
-                       error);
+           set_int_opt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, FERRY_CHANNEL_USER_TIMEOUT_MS,
+                       "TCP_USER_TIMEOUT", error);
 }
 
 /* Waits until @fd has @events or @cancellable fires (then G_IO_ERROR_CANCELLED). */
@@ -245,7 +239,7 @@ static int connect_cancellable(int fd, const struct sockaddr *addr, socklen_t le
         e = errno;
         if (e == EINPROGRESS) {
             if (!wait_fd(fd, G_IO_OUT, cancellable, NULL)) {
-                e = ECANCELED;
+                e = g_cancellable_is_cancelled(cancellable) ? ECANCELED : errno;
             } else {
                 socklen_t elen = sizeof(e);
                 if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0)
@@ -285,6 +279,18 @@ static struct addrinfo *resolve(const FerryMigrationUri *uri, gboolean passive, 
     return res;
 }
 
+static const char *connect_hint(int e)
+{
+    switch (e) {
+    case ECONNREFUSED:
+        return " (is the destination listening?)";
+    case ETIMEDOUT:
+        return " (no answer within 10 s: is the host up and reachable?)";
+    default:
+        return "";
+    }
+}
+
 /* A connected TCP socket to @uri's host (trying every address), or -1. */
 static int tcp_connect(const FerryMigrationUri *uri, GCancellable *cancellable, GError **error)
 {
@@ -309,6 +315,14 @@ static int tcp_connect(const FerryMigrationUri *uri, GCancellable *cancellable, 
             e = errno;
             continue;
         }
+        /* Before connecting: TCP_USER_TIMEOUT also bounds the SYN retransmissions. */
+        g_autoptr(GError) opt_error = NULL;
+        if (!set_socket_options(fd, &opt_error)) {
+            close(fd);
+            g_propagate_error(error, g_steal_pointer(&opt_error));
+            freeaddrinfo(res);
+            return -1;
+        }
         e = connect_cancellable(fd, ai->ai_addr, ai->ai_addrlen, cancellable);
         if (e != 0) {
             close(fd);
@@ -324,9 +338,8 @@ static int tcp_connect(const FerryMigrationUri *uri, GCancellable *cancellable, 
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED, "connecting to %s was cancelled",
                     text);
     else
-        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e),
-                    "cannot connect to %s (%s): %s%s", text, addr, g_strerror(e),
-                    e == ECONNREFUSED ? " (is the destination listening?)" : "");
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e), "cannot connect to %s (%s): %s%s",
+                    text, addr, g_strerror(e), connect_hint(e));
     return -1;
 }
 
@@ -353,8 +366,8 @@ static int unix_connect(const FerryMigrationUri *uri, GCancellable *cancellable,
     if (fd >= 0)
         close(fd);
     if (e == ECANCELED)
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED,
-                    "connecting to unix:%s was cancelled", uri->path);
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED, "connecting to unix:%s was cancelled",
+                    uri->path);
     else
         g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e), "cannot connect to unix:%s: %s%s",
                     uri->path, g_strerror(e),
@@ -369,8 +382,8 @@ static gboolean check_fd(int fd, GError **error)
     socklen_t len = sizeof(type);
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) {
         int e = errno;
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "fd:%d is not usable: %s",
-                    fd, e == ENOTSOCK ? "not a socket" : g_strerror(e));
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "fd:%d is not usable: %s", fd,
+                    e == ENOTSOCK ? "not a socket" : g_strerror(e));
         return FALSE;
     }
     struct sockaddr_storage ss;
@@ -381,6 +394,29 @@ static gboolean check_fd(int fd, GError **error)
         return FALSE;
     }
     return TRUE;
+}
+
+/*
+ * Closes a connection we refused after telling the peer why (a TLS alert).  close(2) with
+ * unread data sends a reset and drops what is still queued for sending, alert included
+ * (RFC 1122 section 4.2.2.13); so send FIN behind the alert and read until the peer closes,
+ * for at most REFUSAL_LINGER_MS.
+ */
+static void close_refused(int fd)
+{
+    shutdown(fd, SHUT_WR);
+    gint64 deadline = g_get_monotonic_time() + REFUSAL_LINGER_MS * 1000;
+    for (;;) {
+        gint64 left_ms = (deadline - g_get_monotonic_time()) / 1000;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (left_ms <= 0 || poll(&p, 1, (int) left_ms) <= 0)
+            break;
+        char buf[4096];
+        ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
+            break;
+    }
+    close(fd);
 }
 
 static void shutdown_on_cancel(GCancellable *cancellable, gpointer fd)
@@ -436,16 +472,12 @@ GIOStream *ferry_migration_connect(const FerryMigrationUri *uri, const FerryTlsO
             return NULL;
         g_autofree char *peer = host_port(uri->host, uri->port);
         what = g_strdup_printf("connection to %s", peer);
-        if (!set_socket_options(fd, error)) {
-            close(fd);
-            return NULL;
-        }
         FerryTlsSession *session = NULL;
         if (creds) {
             const char *name = tls && tls->hostname ? tls->hostname : uri->host;
             session = handshake(creds, fd, peer, name, cancellable, error);
             if (!session) {
-                close(fd);
+                close_refused(fd);
                 return NULL;
             }
         }
@@ -470,11 +502,11 @@ GIOStream *ferry_migration_connect(const FerryMigrationUri *uri, const FerryTlsO
 
 struct FerryMigrationListener {
     FerryMigrationTransport transport;
-    int fd;             /* listening socket, or fd:'s connected socket until accepted */
-    guint16 port;       /* tcp/tls: bound port */
-    char *text;         /* the URI as bound, for messages */
-    char *unix_path;    /* unix: the socket file we made ... */
-    dev_t unix_dev;     /* ... identified, so that free removes only that one */
+    int fd;          /* listening socket, or fd:'s connected socket until accepted */
+    guint16 port;    /* tcp/tls: bound port */
+    char *text;      /* the URI as bound, for messages */
+    char *unix_path; /* unix: the socket file we made ... */
+    dev_t unix_dev;  /* ... identified, so that free removes only that one */
     ino_t unix_ino;
     FerryTlsCreds *creds; /* tls */
 };
@@ -492,12 +524,11 @@ static gboolean listen_error(FerryMigrationListener *l, const char *what, int e,
 {
     g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e), "cannot listen on %s: %s: %s%s",
                 l->text, what, g_strerror(e),
-                e == EADDRINUSE ? " (another process listens there)" : "");
+                e == EADDRINUSE ? " (something else listens there)" : "");
     return FALSE;
 }
 
-static gboolean tcp_listen(FerryMigrationListener *l, const FerryMigrationUri *uri,
-                           GError **error)
+static gboolean tcp_listen(FerryMigrationListener *l, const FerryMigrationUri *uri, GError **error)
 {
     struct addrinfo *res = resolve(uri, TRUE, error);
     if (!res) {
@@ -539,14 +570,13 @@ static gboolean unix_socket_stale(const struct sockaddr_un *sun)
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return FALSE;
-    gboolean stale = connect(fd, (const struct sockaddr *) sun, sizeof(*sun)) < 0 &&
-                     errno == ECONNREFUSED;
+    gboolean stale =
+        connect(fd, (const struct sockaddr *) sun, sizeof(*sun)) < 0 && errno == ECONNREFUSED;
     close(fd);
     return stale;
 }
 
-static gboolean unix_listen(FerryMigrationListener *l, const FerryMigrationUri *uri,
-                            GError **error)
+static gboolean unix_listen(FerryMigrationListener *l, const FerryMigrationUri *uri, GError **error)
 {
     struct sockaddr_un sun;
     if (!fill_unix_addr(&sun, uri->path))
@@ -624,23 +654,33 @@ static char *peer_name(int fd)
  * protocol_version alert record (RFC 8446 sections 5.1 and 6), so that it can say "the
  * destination speaks TLS" instead of just "connection reset".
  */
-static gboolean expect_tls_client(int fd, const char *peer, GError **error)
+static gboolean expect_tls_client(int fd, GError **error)
 {
     uint8_t first;
-    ssize_t n;
+    ssize_t n = -1;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int r;
+    do
+        r = poll(&p, 1, FERRY_TLS_HANDSHAKE_TIMEOUT_MS);
+    while (r < 0 && errno == EINTR);
+    if (r == 0) {
+        g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_HANDSHAKE,
+                    "the source sent nothing for %d s after connecting",
+                    FERRY_TLS_HANDSHAKE_TIMEOUT_MS / 1000);
+        return FALSE;
+    }
     do
         n = recv(fd, &first, 1, MSG_PEEK);
     while (n < 0 && errno == EINTR);
     if (n < 0) {
         int e = errno;
         g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e),
-                    "connection from %s lost before the TLS handshake: %s", peer, g_strerror(e));
+                    "lost before the TLS handshake: %s", g_strerror(e));
         return FALSE;
     }
     if (n == 0) {
         g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_HANDSHAKE,
-                    "the source at %s closed the connection without starting the TLS handshake",
-                    peer);
+                    "the source closed the connection without starting the TLS handshake");
         return FALSE;
     }
     if (first == 0x16)
@@ -649,9 +689,9 @@ static gboolean expect_tls_client(int fd, const char *peer, GError **error)
     ssize_t ignored = send(fd, alert, sizeof(alert), MSG_NOSIGNAL | MSG_DONTWAIT);
     (void) ignored;
     g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_MISMATCH,
-                "the source at %s does not speak TLS (its first byte is 0x%02x, not a TLS "
+                "the source does not speak TLS (its first byte is 0x%02x, not a TLS "
                 "handshake); use tls: on both sides",
-                peer, first);
+                first);
     return FALSE;
 }
 
@@ -705,7 +745,7 @@ GIOStream *ferry_migration_listener_accept(FerryMigrationListener *l, GCancellab
         if (cancellable)
             handler = g_cancellable_connect(cancellable, G_CALLBACK(shutdown_on_cancel),
                                             GINT_TO_POINTER(fd), NULL);
-        gboolean tls_client = expect_tls_client(fd, peer, error);
+        gboolean tls_client = expect_tls_client(fd, error);
         if (cancellable)
             g_cancellable_disconnect(cancellable, handler);
         if (g_cancellable_is_cancelled(cancellable)) {
@@ -717,7 +757,9 @@ GIOStream *ferry_migration_listener_accept(FerryMigrationListener *l, GCancellab
         if (tls_client)
             session = handshake(l->creds, fd, peer, NULL, cancellable, error);
         if (!session) {
-            close(fd);
+            if (!g_cancellable_is_cancelled(cancellable))
+                g_prefix_error(error, "%s: ", what);
+            close_refused(fd);
             return NULL;
         }
     }

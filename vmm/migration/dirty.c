@@ -47,9 +47,9 @@
 #include <sys/ioctl.h>
 
 struct FerryDirtyLog {
-    FerryGuestMemory *mem;  /* borrowed */
-    int vm_fd;              /* borrowed */
-    gboolean manual;        /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled by us */
+    FerryGuestMemory *mem; /* borrowed */
+    int vm_fd;             /* borrowed */
+    gboolean manual;       /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled by us */
     uint64_t *pending_bits[FERRY_MAX_RAM_REGIONS]; /* per region, atomic words */
     uint64_t *scratch[FERRY_MAX_RAM_REGIONS];      /* sync's buffer, same size */
     uint64_t pending;                              /* atomic: set bits in pending_bits */
@@ -66,8 +66,7 @@ static uint64_t region_words(const FerryMemRegion *r)
 }
 
 /* KVM_SET_USER_MEMORY_REGION for region @r again, with @flags (0 or KVM_MEM_LOG_DIRTY_PAGES). */
-static gboolean set_slot_flags(int vm_fd, const FerryMemRegion *r, uint32_t flags,
-                               GError **error)
+static gboolean set_slot_flags(int vm_fd, const FerryMemRegion *r, uint32_t flags, GError **error)
 {
     struct kvm_userspace_memory_region kr = {
         .slot = r->slot,
@@ -192,8 +191,7 @@ gboolean ferry_dirty_log_sync(FerryDirtyLog *log, uint64_t *pending, GError **er
 }
 
 gboolean ferry_dirty_log_take_chunk(FerryDirtyLog *log, unsigned region, uint64_t first_page,
-                                    uint64_t npages, uint64_t *out, uint64_t *count,
-                                    GError **error)
+                                    uint64_t npages, uint64_t *out, uint64_t *count, GError **error)
 {
     FerryGuestMemory *mem = log->mem;
     if (region >= mem->nr_regions) {

@@ -53,6 +53,7 @@ struct FerryMigration {
     GCancellable *cancel;          /* cancels the running migration */
     GPtrArray *channels;           /* GIOStream *, open connections, aborted on cancel */
     gboolean postcopy_requested;
+    char *abort_reason;            /* set by ferry_migration_abort(), owned */
     gint closing;                  /* atomic: ferry_migration_free is waiting for the thread */
 };
 

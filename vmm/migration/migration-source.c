@@ -46,6 +46,7 @@ typedef struct {
     GError *error;          /* of the last round */
     gboolean send_all_data; /* round 0 / warm: every page that holds data */
     gboolean end;           /* write END after the round (final) */
+    FerryStreamStats stats; /* the writer's counters, copied under Source.figures_lock */
 } Channel;
 
 struct Source {
@@ -58,6 +59,8 @@ struct Source {
     Channel ch[FERRY_MIGRATION_MAX_CONNECTIONS];
     FerryDirtyLog *log;
     uint64_t session;
+
+    GMutex figures_lock; /* Channel.stats */
 
     /* rate limiting over all connections */
     GMutex rl_lock;
@@ -131,6 +134,10 @@ static gpointer return_path_thread(gpointer data)
                 s->rp_failed = TRUE;
                 g_free(s->rp_error);
                 s->rp_error = g_strdup_printf("the destination failed: %s", rec.status.message);
+                /* stop sending at once: the data threads fail and report this reason */
+                for (unsigned i = 0; i < s->n; i++)
+                    if (s->ch[i].conn)
+                        ferry_migration_channel_abort(s->ch[i].conn);
                 break;
             }
         } else if (rec.type == FERRY_STREAM_RECORD_END) {
@@ -219,6 +226,8 @@ static void data_pages(FerryGuestMemory *mem, const FerryMemRegion *r, uint64_t 
     }
 }
 
+static void update_transfer_figures(Source *s);
+
 /* Sends this channel's chunks for one round (dirty pages, or all data in round 0). */
 static gboolean channel_send_round(Channel *c, GError **error)
 {
@@ -250,16 +259,24 @@ static gboolean channel_send_round(Channel *c, GError **error)
                                                        bits + off / 64, error))
                     return FALSE;
                 ferry_stream_writer_get_stats(c->w, &after);
+                g_mutex_lock(&s->figures_lock);
+                c->stats = after;
+                g_mutex_unlock(&s->figures_lock);
                 if (!rate_limit(s, after.bytes - before.bytes, error))
                     return FALSE;
             }
+            if (c->index == 0 && chunk_index % 16 == 0)
+                update_transfer_figures(s);
             if (cancelled(s, error))
                 return FALSE;
         }
     }
-    if (c->end && c->index != 0)
-        return ferry_stream_writer_put_end(c->w, error);
-    return ferry_stream_writer_flush(c->w, error);
+    gboolean ok = c->end && c->index != 0 ? ferry_stream_writer_put_end(c->w, error)
+                                          : ferry_stream_writer_flush(c->w, error);
+    g_mutex_lock(&s->figures_lock);
+    ferry_stream_writer_get_stats(c->w, &c->stats);
+    g_mutex_unlock(&s->figures_lock);
+    return ok;
 }
 
 static gpointer channel_thread(gpointer data)
@@ -269,17 +286,18 @@ static gpointer channel_thread(gpointer data)
     return NULL;
 }
 
-/* Adds the writers' counters into the migration's figures. */
+/* Adds the connections' counters into the migration's figures (any data thread). */
 static void update_transfer_figures(Source *s)
 {
     FerryStreamStats total = {0};
+    g_mutex_lock(&s->figures_lock);
     for (unsigned i = 0; i < s->n; i++) {
-        FerryStreamStats st;
-        ferry_stream_writer_get_stats(s->ch[i].w, &st);
-        total.bytes += st.bytes;
-        total.data_pages += st.data_pages;
-        total.zero_pages += st.zero_pages;
+        const FerryStreamStats *st = &s->ch[i].stats;
+        total.bytes += st->bytes;
+        total.data_pages += st->data_pages;
+        total.zero_pages += st->zero_pages;
     }
+    g_mutex_unlock(&s->figures_lock);
     g_mutex_lock(&s->m->lock);
     s->m->info.transferred = total.bytes;
     s->m->info.data_pages = total.data_pages;
@@ -414,6 +432,23 @@ static gboolean restart_vm_on_main(gpointer data, GError **error)
 
 /* ---- rounds and the switch-over ---- */
 
+/*
+ * The next auto-converge step: at least one increment (or the initial step), and at once
+ * as much as the figures call for — the unthrottled dirty rate is the observed one divided
+ * by the share of time the vCPUs still run, and the guest should dirty at most half of what
+ * gets through.  Percent, at most 99.
+ */
+static unsigned next_throttle(const FerryMigrationParams *p, unsigned current,
+                              uint64_t dirty_bytes_per_s, uint64_t bandwidth)
+{
+    unsigned step = current ? MIN(99u, current + p->auto_converge_increment)
+                            : p->auto_converge_initial;
+    double unthrottled = (double) dirty_bytes_per_s / (1.0 - current / 100.0);
+    double needed = unthrottled > 0 ? 100.0 * (1.0 - (double) bandwidth / 2 / unthrottled) : 0;
+    unsigned want = needed > 99 ? 99 : needed < 0 ? 0 : (unsigned) needed;
+    return MAX(step, want);
+}
+
 /* Estimated pause in ms if the switch-over started now with @pending dirty pages. */
 static uint64_t expected_downtime_ms(Source *s, uint64_t pending, uint64_t bandwidth)
 {
@@ -477,8 +512,7 @@ static gboolean precopy(Source *s, uint32_t *next_round, GError **error)
         /* auto-converge: the guest dirties more than half of what goes out, twice in a row */
         if (s->params.auto_converge && round > 0) {
             if (dirty_rate * PAGE > bandwidth / 2 && ++strikes >= 2) {
-                throttle = throttle ? MIN(99u, throttle + s->params.auto_converge_increment)
-                                    : s->params.auto_converge_initial;
+                throttle = next_throttle(&s->params, throttle, dirty_rate * PAGE, bandwidth);
                 ferry_vcpu_throttle_set(s->vm, throttle);
                 strikes = 0;
             }
@@ -544,6 +578,9 @@ static gboolean switch_over(Source *s, uint32_t round, GError **error)
         !ferry_stream_writer_put_end(s->ch[0].w, error))
         return FALSE;
     s->end_sent = TRUE;
+    g_mutex_lock(&s->figures_lock);
+    ferry_stream_writer_get_stats(s->ch[0].w, &s->ch[0].stats);
+    g_mutex_unlock(&s->figures_lock);
     update_transfer_figures(s);
     return wait_ready(s, error);
 }
@@ -585,10 +622,39 @@ static void finish_success(Source *s)
     ferry_migration_set_status(s->m, FERRY_MIGRATION_COMPLETED, NULL);
 }
 
+/*
+ * The reason to report: the destination's own account when it has one (a broken pipe here is
+ * only the consequence of its failure), the abort reason, or @error.
+ */
+static char *failure_reason(Source *s, GError *error)
+{
+    g_mutex_lock(&s->m->lock);
+    char *reason = g_strdup(s->m->abort_reason);
+    g_mutex_unlock(&s->m->lock);
+    if (reason)
+        return reason;
+    if (!g_cancellable_is_cancelled(s->m->cancel) && s->rp_thread) {
+        /* give the destination's FAILED record a moment to arrive */
+        gint64 deadline = g_get_monotonic_time() + G_TIME_SPAN_SECOND;
+        g_mutex_lock(&s->rp_lock);
+        while (!s->rp_failed && !s->rp_done)
+            if (!g_cond_wait_until(&s->rp_cond, &s->rp_lock, deadline))
+                break;
+        if (s->rp_failed)
+            reason = g_strdup(s->rp_error);
+        g_mutex_unlock(&s->rp_lock);
+    }
+    return reason ? reason : g_strdup(error->message);
+}
+
 static void finish_failure(Source *s, GError *error)
 {
-    gboolean was_cancelled = g_cancellable_is_cancelled(s->m->cancel) &&
+    g_mutex_lock(&s->m->lock);
+    gboolean aborted = s->m->abort_reason != NULL;
+    g_mutex_unlock(&s->m->lock);
+    gboolean was_cancelled = g_cancellable_is_cancelled(s->m->cancel) && !aborted &&
                              !g_atomic_int_get(&s->m->closing);
+    g_autofree char *reason = failure_reason(s, error);
     gboolean in_doubt = s->end_sent && !s->rp_failed;
     /* unblock the return-path thread and the destination */
     for (unsigned i = 0; i < s->n; i++)
@@ -599,9 +665,9 @@ static void finish_failure(Source *s, GError *error)
         message = g_strdup_printf(
             "%s; the whole state had been sent, so the destination may be running the guest: "
             "it stays paused here. Check the destination, then resume or quit this VM",
-            error->message);
+            reason);
     } else {
-        message = g_strdup_printf("%s; the VM %s here", error->message,
+        message = g_strdup_printf("%s; the VM %s here", reason,
                                   s->was_paused ? "stays paused" : "keeps running");
         if (s->vm_stopped) {
             g_autoptr(GError) e = NULL;
@@ -621,6 +687,7 @@ gpointer ferry_migration_source_thread(gpointer data)
     s->vm = job->m->vm;
     s->job = job;
     g_mutex_init(&s->rl_lock);
+    g_mutex_init(&s->figures_lock);
     g_mutex_init(&s->rp_lock);
     g_cond_init(&s->rp_cond);
     ferry_migration_get_params(s->m, &s->params);
@@ -657,6 +724,7 @@ gpointer ferry_migration_source_thread(gpointer data)
     ferry_migration_params_clear(&s->params);
     g_free(s->rp_error);
     g_mutex_clear(&s->rl_lock);
+    g_mutex_clear(&s->figures_lock);
     g_mutex_clear(&s->rp_lock);
     g_cond_clear(&s->rp_cond);
     g_free(s);

@@ -69,6 +69,7 @@ void ferry_migration_free(FerryMigration *m)
     g_ptr_array_unref(m->channels);
     ferry_migration_params_clear(&m->params);
     g_free(m->error);
+    g_free(m->abort_reason);
     g_free(m->tls_dir);
     g_mutex_clear(&m->lock);
     g_free(m);
@@ -436,6 +437,7 @@ static gboolean begin(FerryMigration *m, gboolean is_source, FerryMigrationMode 
     m->info.downtime_ms = m->info.switchover_ms = m->info.setup_ms = -1;
     m->info.start_us = g_get_monotonic_time();
     g_clear_pointer(&m->error, g_free);
+    g_clear_pointer(&m->abort_reason, g_free);
     m->postcopy_requested = FALSE;
     m->status = FERRY_MIGRATION_SETUP;
     g_clear_object(&m->cancel);
@@ -549,6 +551,20 @@ gboolean ferry_migration_cancel(FerryMigration *m, GError **error)
         ferry_migration_channel_abort(g_ptr_array_index(m->channels, i));
     g_mutex_unlock(&m->lock);
     return TRUE;
+}
+
+void ferry_migration_abort(FerryMigration *m, const char *reason)
+{
+    g_mutex_lock(&m->lock);
+    if (status_running(m->status) && m->status != FERRY_MIGRATION_POSTCOPY_ACTIVE &&
+        m->status != FERRY_MIGRATION_POSTCOPY_PAUSED) {
+        g_free(m->abort_reason);
+        m->abort_reason = g_strdup(reason);
+        g_cancellable_cancel(m->cancel);
+        for (guint i = 0; i < m->channels->len; i++)
+            ferry_migration_channel_abort(g_ptr_array_index(m->channels, i));
+    }
+    g_mutex_unlock(&m->lock);
 }
 
 gboolean ferry_migration_start_postcopy(FerryMigration *m, GError **error)

@@ -93,6 +93,12 @@ gboolean ferry_migration_receive(FerryMigration *m, const char *uri, char **boun
 /* Cancels the running migration (source before the switch-over, or destination). */
 gboolean ferry_migration_cancel(FerryMigration *m, GError **error);
 
+/*
+ * Makes the running migration fail with @reason (e.g. the guest rebooted), as a cancel does
+ * but reported as failed.  Main thread.
+ */
+void ferry_migration_abort(FerryMigration *m, const char *reason);
+
 /* Asks a running live migration to switch to post-copy (needs the postcopy parameter). */
 gboolean ferry_migration_start_postcopy(FerryMigration *m, GError **error);
 

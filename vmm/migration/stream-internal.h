@@ -21,9 +21,10 @@ extern const uint8_t ferry_stream_magic[8];
 #define SECTION_FIXED_LEN      8
 #define RAM_FIXED_LEN          16
 #define ROUND_LEN              8
-#define PAGE_REQUEST_FIXED_LEN 8
-#define PAGE_REQUEST_ENTRY_LEN 16
+#define PAGE_REQUEST_FIXED_LEN 8  /* also DISCARD */
+#define PAGE_REQUEST_ENTRY_LEN 16 /* also DISCARD */
 #define END_LEN                24
+#define CHECKPOINT_LEN         END_LEN
 #define STATUS_FIXED_LEN       8
 
 /* RAM_BATCH flags. */
@@ -49,6 +50,8 @@ extern const uint8_t ferry_stream_magic[8];
     (RAM_FIXED_LEN + 2 * MAX_BITMAP_BYTES + (size_t) FERRY_STREAM_MAX_BATCH_PAGES * PAGE)
 #define MAX_PAGE_REQUEST_PAYLOAD                                                                   \
     (PAGE_REQUEST_FIXED_LEN + FERRY_STREAM_MAX_PAGE_REQUESTS * PAGE_REQUEST_ENTRY_LEN)
+#define MAX_DISCARD_PAYLOAD                                                                        \
+    (PAGE_REQUEST_FIXED_LEN + FERRY_STREAM_MAX_DISCARD_RANGES * PAGE_REQUEST_ENTRY_LEN)
 
 #define MAX_STATUS_PAYLOAD (STATUS_FIXED_LEN + FERRY_STREAM_MAX_STATUS_MESSAGE)
 

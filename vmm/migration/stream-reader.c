@@ -38,8 +38,10 @@ struct FerryStreamReader {
     uint8_t *buf; /* READER_BUF_SIZE */
     size_t buf_pos, buf_len;
 
-    uint64_t offset; /* bytes consumed */
-    uint32_t crc;    /* CRC-32C of every byte before the current record */
+    uint64_t offset;         /* bytes consumed */
+    uint32_t crc;            /* CRC-32C of every byte read in whole records so far */
+    uint32_t crc_before;     /* CRC-32C of every byte before the current record */
+    uint64_t records_before; /* records before the current one */
     FerryStreamStats stats;
     int64_t last_round;
 
@@ -49,7 +51,8 @@ struct FerryStreamReader {
     uint64_t present[BITMAP_WORDS];
     uint64_t zero[BITMAP_WORDS];
     char section_id[FERRY_STREAM_MAX_SECTION_ID + 1];
-    FerryStreamRange requests[FERRY_STREAM_MAX_PAGE_REQUESTS];
+    /* the ranges of the last PAGE_REQUEST or DISCARD */
+    FerryStreamRange requests[MAX(FERRY_STREAM_MAX_PAGE_REQUESTS, FERRY_STREAM_MAX_DISCARD_RANGES)];
     char *status_message; /* of the last STATUS record */
 
     /* The stream's CONFIG. */
@@ -281,6 +284,8 @@ static gboolean reader_record(FerryStreamReader *r, unsigned *type, size_t *len,
                            "the %s record at byte %" G_GUINT64_FORMAT
                            " is corrupted (payload checksum mismatch)",
                            name, *at);
+    r->crc_before = r->crc;
+    r->records_before = r->stats.records;
     if (t != FERRY_STREAM_RECORD_END) {
         r->crc = ferry_crc32c(r->crc, h, sizeof(h));
         r->crc = ferry_crc32c_combine(r->crc, pcrc, plen);
@@ -605,37 +610,44 @@ static gboolean reader_parse_round(FerryStreamReader *r, FerryStreamRecord *rec,
     return TRUE;
 }
 
-static gboolean reader_parse_page_request(FerryStreamReader *r, FerryStreamRecord *rec, size_t len,
-                                          GError **error)
+/* A PAGE_REQUEST or DISCARD payload: n page-aligned ranges inside the RAM layout. */
+static gboolean reader_parse_ranges(FerryStreamReader *r, FerryStreamRecord *rec, size_t len,
+                                    unsigned max, GError **error)
 {
     const uint8_t *p = r->payload;
+    const char *name = ferry_stream_record_spec(rec->type)->name;
     uint32_t n = ferry_le_load32(p);
 
-    if (ferry_le_load32(p + 4) != 0 || n == 0 || n > FERRY_STREAM_MAX_PAGE_REQUESTS ||
+    if (ferry_le_load32(p + 4) != 0 || n == 0 || n > max ||
         len != PAGE_REQUEST_FIXED_LEN + (size_t) n * PAGE_REQUEST_ENTRY_LEN)
         return reader_fail(r, error, FERRY_STREAM_ERROR_INVALID,
-                           "the PAGE_REQUEST record at byte %" G_GUINT64_FORMAT
+                           "the %s record at byte %" G_GUINT64_FORMAT
                            " is malformed (%u ranges in %zu bytes)",
-                           rec->offset, n, len);
+                           name, rec->offset, n, len);
     for (uint32_t i = 0; i < n; i++) {
         const uint8_t *e = p + PAGE_REQUEST_FIXED_LEN + (size_t) i * PAGE_REQUEST_ENTRY_LEN;
         uint64_t gpa = ferry_le_load64(e), bytes = ferry_le_load64(e + 8);
         if (gpa % PAGE || bytes % PAGE || bytes == 0 || gpa + bytes < gpa)
             return reader_fail(r, error, FERRY_STREAM_ERROR_INVALID,
-                               "page request %u at byte %" G_GUINT64_FORMAT
+                               "%s range %u at byte %" G_GUINT64_FORMAT
                                " is not a whole number of pages",
-                               i, rec->offset);
+                               name, i, rec->offset);
         if (!in_ram(r, gpa, bytes))
             return reader_fail(r, error, FERRY_STREAM_ERROR_RANGE,
-                               "page request %u at byte %" G_GUINT64_FORMAT
-                               " asks for GPA 0x%" G_GINT64_MODIFIER "x..0x%" G_GINT64_MODIFIER
+                               "%s range %u at byte %" G_GUINT64_FORMAT
+                               " covers GPA 0x%" G_GINT64_MODIFIER "x..0x%" G_GINT64_MODIFIER
                                "x, outside this VM's RAM",
-                               i, rec->offset, gpa, gpa + bytes - 1);
+                               name, i, rec->offset, gpa, gpa + bytes - 1);
         r->requests[i].gpa = gpa;
         r->requests[i].bytes = bytes;
     }
-    rec->page_request.ranges = r->requests;
-    rec->page_request.n = n;
+    if (rec->type == FERRY_STREAM_RECORD_DISCARD) {
+        rec->discard.ranges = r->requests;
+        rec->discard.n = n;
+    } else {
+        rec->page_request.ranges = r->requests;
+        rec->page_request.n = n;
+    }
     return TRUE;
 }
 
@@ -664,24 +676,36 @@ static gboolean reader_parse_status(FerryStreamReader *r, FerryStreamRecord *rec
     return TRUE;
 }
 
-static gboolean reader_check_end(FerryStreamReader *r, FerryStreamRecord *rec, GError **error)
+/*
+ * An END or CHECKPOINT payload: the record count, byte count and CRC must match what was read
+ * before the record.
+ */
+static gboolean reader_check_totals(FerryStreamReader *r, FerryStreamRecord *rec, GError **error)
 {
     const uint8_t *p = r->payload;
+    const char *name = ferry_stream_record_spec(rec->type)->name;
     uint64_t records = ferry_le_load64(p), bytes = ferry_le_load64(p + 8);
     uint32_t crc = ferry_le_load32(p + 16);
 
     if (ferry_le_load32(p + 20) != 0)
-        return reader_fail(r, error, FERRY_STREAM_ERROR_INVALID, "the END record is malformed");
-    if (records != r->stats.records || bytes != rec->offset)
+        return reader_fail(r, error, FERRY_STREAM_ERROR_INVALID, "the %s record is malformed",
+                           name);
+    if (records != r->records_before || bytes != rec->offset)
         return reader_fail(
             r, error, FERRY_STREAM_ERROR_CHECKSUM,
-            "records were lost or duplicated: the END record counts %" G_GUINT64_FORMAT
+            "records were lost or duplicated: the %s record counts %" G_GUINT64_FORMAT
             " records in %" G_GUINT64_FORMAT " bytes, the stream had %" G_GUINT64_FORMAT
             " in %" G_GUINT64_FORMAT,
-            records, bytes, r->stats.records, rec->offset);
-    if (crc != r->crc)
+            name, records, bytes, r->records_before, rec->offset);
+    if (crc != r->crc_before)
         return reader_fail(r, error, FERRY_STREAM_ERROR_CHECKSUM,
-                           "the stream checksum does not match (corrupted or reordered data)");
+                           "the stream checksum does not match at the %s record (corrupted "
+                           "or reordered data)",
+                           name);
+    if (rec->type == FERRY_STREAM_RECORD_CHECKPOINT) {
+        rec->checkpoint.records = records;
+        rec->checkpoint.bytes = bytes;
+    }
     return TRUE;
 }
 
@@ -717,11 +741,15 @@ gboolean ferry_stream_reader_next(FerryStreamReader *r, FerryStreamRecord *rec, 
     case FERRY_STREAM_RECORD_ROUND:
         return reader_parse_round(r, rec, error);
     case FERRY_STREAM_RECORD_PAGE_REQUEST:
-        return reader_parse_page_request(r, rec, len, error);
+        return reader_parse_ranges(r, rec, len, FERRY_STREAM_MAX_PAGE_REQUESTS, error);
+    case FERRY_STREAM_RECORD_DISCARD:
+        return reader_parse_ranges(r, rec, len, FERRY_STREAM_MAX_DISCARD_RANGES, error);
     case FERRY_STREAM_RECORD_STATUS:
         return reader_parse_status(r, rec, len, error);
+    case FERRY_STREAM_RECORD_CHECKPOINT:
+        return reader_check_totals(r, rec, error);
     case FERRY_STREAM_RECORD_END:
-        if (!reader_check_end(r, rec, error))
+        if (!reader_check_totals(r, rec, error))
             return FALSE;
         r->stats.records++;
         r->state = READER_ENDED;

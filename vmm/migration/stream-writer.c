@@ -390,15 +390,19 @@ gboolean ferry_stream_writer_put_round(FerryStreamWriter *w, uint32_t round, uin
     return writer_put_record(w, FERRY_STREAM_RECORD_ROUND, p, sizeof(p), NULL, 0, error);
 }
 
-gboolean ferry_stream_writer_put_page_request(FerryStreamWriter *w, const FerryStreamRange *ranges,
-                                              unsigned n, GError **error)
+/* Writes a PAGE_REQUEST or DISCARD record: @n (1..1024) page-aligned ranges. */
+static gboolean writer_put_ranges(FerryStreamWriter *w, unsigned type,
+                                  const FerryStreamRange *ranges, unsigned n, GError **error)
 {
-    if (!writer_usable(w, FERRY_STREAM_RECORD_PAGE_REQUEST, error))
+    const char *name = ferry_stream_record_spec(type)->name;
+    unsigned max = type == FERRY_STREAM_RECORD_DISCARD ? FERRY_STREAM_MAX_DISCARD_RANGES
+                                                       : FERRY_STREAM_MAX_PAGE_REQUESTS;
+
+    if (!writer_usable(w, type, error))
         return FALSE;
-    if (n == 0 || n > FERRY_STREAM_MAX_PAGE_REQUESTS) {
+    if (n == 0 || n > max) {
         g_set_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID,
-                    "a PAGE_REQUEST record holds 1..%d ranges, not %u",
-                    FERRY_STREAM_MAX_PAGE_REQUESTS, n);
+                    "a %s record holds 1..%u ranges, not %u", name, max, n);
         return FALSE;
     }
     g_autoptr(GByteArray) payload = g_byte_array_new();
@@ -409,14 +413,27 @@ gboolean ferry_stream_writer_put_page_request(FerryStreamWriter *w, const FerryS
         if (ranges[i].gpa % PAGE || ranges[i].bytes % PAGE || ranges[i].bytes == 0 ||
             ranges[i].gpa + ranges[i].bytes < ranges[i].gpa) {
             g_set_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID,
-                        "page request %u is not a whole number of 4 KiB pages", i);
+                        "%s range %u (GPA 0x%" G_GINT64_MODIFIER "x, %" G_GUINT64_FORMAT
+                        " bytes) is not a whole number of 4 KiB pages",
+                        name, i, ranges[i].gpa, ranges[i].bytes);
             return FALSE;
         }
         ferry_state_put_u64(&pw, ranges[i].gpa);
         ferry_state_put_u64(&pw, ranges[i].bytes);
     }
-    return writer_put_record(w, FERRY_STREAM_RECORD_PAGE_REQUEST, payload->data, payload->len, NULL,
-                             0, error);
+    return writer_put_record(w, type, payload->data, payload->len, NULL, 0, error);
+}
+
+gboolean ferry_stream_writer_put_page_request(FerryStreamWriter *w, const FerryStreamRange *ranges,
+                                              unsigned n, GError **error)
+{
+    return writer_put_ranges(w, FERRY_STREAM_RECORD_PAGE_REQUEST, ranges, n, error);
+}
+
+gboolean ferry_stream_writer_put_discard(FerryStreamWriter *w, const FerryStreamRange *ranges,
+                                         unsigned n, GError **error)
+{
+    return writer_put_ranges(w, FERRY_STREAM_RECORD_DISCARD, ranges, n, error);
 }
 
 gboolean ferry_stream_writer_put_status(FerryStreamWriter *w, FerryStreamStatus code,
@@ -465,16 +482,28 @@ gboolean ferry_stream_writer_flush(FerryStreamWriter *w, GError **error)
     return TRUE;
 }
 
-gboolean ferry_stream_writer_put_end(FerryStreamWriter *w, GError **error)
+/* Writes an END or CHECKPOINT record: the counts and CRC of everything before it. */
+static gboolean writer_put_totals(FerryStreamWriter *w, unsigned type, GError **error)
 {
-    if (!writer_usable(w, FERRY_STREAM_RECORD_END, error))
+    if (!writer_usable(w, type, error))
         return FALSE;
     uint8_t p[END_LEN];
     ferry_le_store64(p, w->stats.records);
     ferry_le_store64(p + 8, w->stats.bytes);
     ferry_le_store32(p + 16, w->crc);
     ferry_le_store32(p + 20, 0);
-    if (!writer_put_record(w, FERRY_STREAM_RECORD_END, p, sizeof(p), NULL, 0, error))
+    return writer_put_record(w, type, p, sizeof(p), NULL, 0, error);
+}
+
+gboolean ferry_stream_writer_put_checkpoint(FerryStreamWriter *w, GError **error)
+{
+    return writer_put_totals(w, FERRY_STREAM_RECORD_CHECKPOINT, error) &&
+           ferry_stream_writer_flush(w, error);
+}
+
+gboolean ferry_stream_writer_put_end(FerryStreamWriter *w, GError **error)
+{
+    if (!writer_put_totals(w, FERRY_STREAM_RECORD_END, error))
         return FALSE;
     w->state = WRITER_ENDED;
     return ferry_stream_writer_flush(w, error);

@@ -24,6 +24,9 @@ static const FerryStreamRecordSpec record_specs[] = {
                                           PAGE_REQUEST_FIXED_LEN + PAGE_REQUEST_ENTRY_LEN,
                                           MAX_PAGE_REQUEST_PAYLOAD, FALSE, TRUE},
     [FERRY_STREAM_RECORD_STATUS] = {"STATUS", STATUS_FIXED_LEN, MAX_STATUS_PAYLOAD, FALSE, TRUE},
+    [FERRY_STREAM_RECORD_DISCARD] = {"DISCARD", PAGE_REQUEST_FIXED_LEN + PAGE_REQUEST_ENTRY_LEN,
+                                     MAX_DISCARD_PAYLOAD, TRUE, FALSE},
+    [FERRY_STREAM_RECORD_CHECKPOINT] = {"CHECKPOINT", CHECKPOINT_LEN, CHECKPOINT_LEN, TRUE, FALSE},
 };
 static const FerryStreamRecordSpec end_spec = {"END", END_LEN, END_LEN, TRUE, TRUE};
 

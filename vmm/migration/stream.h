@@ -5,7 +5,8 @@
  * A stream is a 16-byte preamble (magic, format version, flags) followed by records.  Each
  * record has a 16-byte header (type, flags, payload length, payload CRC, header CRC) and a
  * typed payload.  The first record is always CONFIG (digest and summary of the VM
- * configuration); the last is END, which carries the CRC-32C of every byte before it.  The
+ * configuration); the last is END, which carries the CRC-32C of every byte before it
+ * (CHECKPOINT records carry the same figures part-way, for post-copy).  The
  * format is written and read strictly in order (no seeking), so the same code writes a file,
  * a pipe or a TLS socket.  Records may repeat: pre-copy sends RAM in ROUNDs and a later copy
  * of a page or section replaces an earlier one.
@@ -38,16 +39,17 @@ typedef enum {
 } FerryStreamError;
 
 /* Format constants (docs/migration-protocol.md, "Limits"). */
-#define FERRY_STREAM_VERSION           1
-#define FERRY_STREAM_PAGE_SIZE         4096u
-#define FERRY_STREAM_DIGEST_LEN        32 /* SHA-256 */
-#define FERRY_STREAM_MAX_BATCH_PAGES   1024
-#define FERRY_STREAM_MAX_SECTION_DATA  (16u * 1024 * 1024)
-#define FERRY_STREAM_MAX_SECTION_ID    64
-#define FERRY_STREAM_MAX_CONFIG_ITEMS  64
-#define FERRY_STREAM_MAX_CONFIG_KEY    64
-#define FERRY_STREAM_MAX_CONFIG_VALUE  256
-#define FERRY_STREAM_MAX_PAGE_REQUESTS 1024
+#define FERRY_STREAM_VERSION            1
+#define FERRY_STREAM_PAGE_SIZE          4096u
+#define FERRY_STREAM_DIGEST_LEN         32 /* SHA-256 */
+#define FERRY_STREAM_MAX_BATCH_PAGES    1024
+#define FERRY_STREAM_MAX_SECTION_DATA   (16u * 1024 * 1024)
+#define FERRY_STREAM_MAX_SECTION_ID     64
+#define FERRY_STREAM_MAX_CONFIG_ITEMS   64
+#define FERRY_STREAM_MAX_CONFIG_KEY     64
+#define FERRY_STREAM_MAX_CONFIG_VALUE   256
+#define FERRY_STREAM_MAX_PAGE_REQUESTS  1024
+#define FERRY_STREAM_MAX_DISCARD_RANGES 1024
 
 /* Preamble flags. */
 #define FERRY_STREAM_FLAG_RETURN_PATH 0x1u /* destination → source (page requests) */
@@ -60,6 +62,8 @@ typedef enum {
     FERRY_STREAM_RECORD_ROUND = 4,
     FERRY_STREAM_RECORD_PAGE_REQUEST = 5,
     FERRY_STREAM_RECORD_STATUS = 6,
+    FERRY_STREAM_RECORD_DISCARD = 7,
+    FERRY_STREAM_RECORD_CHECKPOINT = 8,
     FERRY_STREAM_RECORD_END = 0x7fff,
 } FerryStreamRecordType;
 
@@ -96,7 +100,7 @@ typedef struct {
 /* Fills @digest with SHA-256 of the NUL-terminated @canonical. */
 void ferry_stream_config_digest(const char *canonical, uint8_t digest[FERRY_STREAM_DIGEST_LEN]);
 
-/* A guest-physical range: a RAM region of the layout, or a post-copy page request. */
+/* A guest-physical range: a RAM region of the layout, a post-copy page request or discard. */
 typedef struct {
     uint64_t gpa;   /* bytes, page-aligned */
     uint64_t bytes; /* page-aligned, > 0 */
@@ -168,6 +172,22 @@ gboolean ferry_stream_writer_put_page_request(FerryStreamWriter *w, const FerryS
 gboolean ferry_stream_writer_put_status(FerryStreamWriter *w, FerryStreamStatus code,
                                         const char *message, GError **error);
 
+/*
+ * Writes a DISCARD record (forward only): @n (1..1024) ranges of @ranges whose pages changed
+ * after their last copy, so the destination must drop them (sent at the post-copy switch;
+ * the pages come later, pushed or on request).  Same layout and checks as PAGE_REQUEST.
+ */
+gboolean ferry_stream_writer_put_discard(FerryStreamWriter *w, const FerryStreamRange *ranges,
+                                         unsigned n, GError **error);
+
+/*
+ * Writes a CHECKPOINT record (forward only) and flushes: the record count, byte count and
+ * CRC-32C of everything written so far, as in END, but the stream goes on.  The reader
+ * verifies them, so the destination can check all it received before it runs the guest in
+ * post-copy.
+ */
+gboolean ferry_stream_writer_put_checkpoint(FerryStreamWriter *w, GError **error);
+
 /* Pushes buffered records to the output stream (and flushes it). */
 gboolean ferry_stream_writer_flush(FerryStreamWriter *w, GError **error);
 
@@ -218,6 +238,14 @@ typedef struct {
             FerryStreamStatus code;
             const char *message; /* NUL-terminated, possibly empty */
         } status;
+        struct {
+            const FerryStreamRange *ranges; /* page-aligned, inside the RAM layout */
+            unsigned n;
+        } discard;
+        struct {
+            uint64_t records; /* records before the CHECKPOINT (verified) */
+            uint64_t bytes;   /* stream bytes before its header (verified) */
+        } checkpoint;
     };
 } FerryStreamRecord;
 
@@ -246,8 +274,10 @@ const FerryStreamConfig *ferry_stream_reader_get_config(const FerryStreamReader 
 /*
  * Reads and validates the next record into @rec.  Returns TRUE with rec->type ==
  * FERRY_STREAM_RECORD_END once the END record and the stream CRC have been verified; after
- * that, further calls fail.  Returns FALSE with a FERRY_STREAM_ERROR (or G_IO_ERROR from
- * the input) on any problem; the reader is then unusable.
+ * that, further calls fail.  A CHECKPOINT is returned only once its counts and CRC matched
+ * everything read before it (else FERRY_STREAM_ERROR_CHECKSUM, as for END).  Returns FALSE
+ * with a FERRY_STREAM_ERROR (or G_IO_ERROR from the input) on any problem; the reader is then
+ * unusable.
  */
 gboolean ferry_stream_reader_next(FerryStreamReader *r, FerryStreamRecord *rec, GError **error);
 

@@ -11,9 +11,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* A peer that accepted the TCP connection but sends no handshake is given this long. */
-#define HANDSHAKE_TIMEOUT_MS 30000
-
 G_DEFINE_QUARK(ferry-tls-error-quark, ferry_tls_error)
 
 struct FerryTlsCreds {
@@ -47,8 +44,7 @@ static const char *peer_role(const FerryTlsCreds *c)
 
 /* ---- credentials -------------------------------------------------------------------- */
 
-static gboolean check_readable(const char *path, const char *dir, FerryTlsRole role,
-                               GError **error)
+static gboolean check_readable(const char *path, const char *dir, FerryTlsRole role, GError **error)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
@@ -115,8 +111,8 @@ FerryTlsCreds *ferry_tls_creds_load(const char *dir, FerryTlsRole role, GError *
     ret = gnutls_priority_init(&c->priority, FERRY_TLS_PRIORITY, &err_pos);
     if (ret < 0) {
         g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_HANDSHAKE,
-                    "gnutls refuses the priority string \"%s\" at \"%s\": %s",
-                    FERRY_TLS_PRIORITY, err_pos ? err_pos : "", gnutls_strerror(ret));
+                    "gnutls refuses the priority string \"%s\" at \"%s\": %s", FERRY_TLS_PRIORITY,
+                    err_pos ? err_pos : "", gnutls_strerror(ret));
         return NULL;
     }
     return g_steal_pointer(&c);
@@ -173,8 +169,7 @@ static char *certificate_names(gnutls_x509_crt_t crt)
     if (names->len == 0) {
         char cn[256];
         size_t size = sizeof(cn);
-        if (gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cn, &size) ==
-            0) {
+        if (gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cn, &size) == 0) {
             g_autofree char *escaped = g_strescape(cn, NULL);
             g_string_append_printf(names, "'%s' (a common name without alternative names)",
                                    escaped);
@@ -394,8 +389,8 @@ static void set_refused(FerryTlsSession *s, const char *what, GError **error)
         break;
     }
     g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_REFUSED,
-                "the %s %s with alert '%s'%s; the %s's log says more", peer_role(s->creds),
-                what, name ? name : "unknown", why, peer_role(s->creds));
+                "the %s %s with alert '%s'%s; the %s's log says more", peer_role(s->creds), what,
+                name ? name : "unknown", why, peer_role(s->creds));
 }
 
 /* A failed record send or receive (@err_no: the direction's errno for transport errors). */
@@ -404,8 +399,7 @@ static void record_error(FerryTlsSession *s, ssize_t ret, int err_no, GError **e
     switch (ret) {
     case GNUTLS_E_PULL_ERROR:
     case GNUTLS_E_PUSH_ERROR:
-        g_set_error_literal(error, G_IO_ERROR, g_io_error_from_errno(err_no),
-                            g_strerror(err_no));
+        g_set_error_literal(error, G_IO_ERROR, g_io_error_from_errno(err_no), g_strerror(err_no));
         break;
     case GNUTLS_E_PREMATURE_TERMINATION:
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_CONNECTION_CLOSED,
@@ -421,8 +415,7 @@ static void record_error(FerryTlsSession *s, ssize_t ret, int err_no, GError **e
                     "tampered with)");
         break;
     default:
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "TLS: %s",
-                    gnutls_strerror((int) ret));
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "TLS: %s", gnutls_strerror((int) ret));
         break;
     }
 }
@@ -451,8 +444,8 @@ static void handshake_error(FerryTlsSession *s, int ret, GError **error)
     case GNUTLS_E_PUSH_ERROR:
         if (err_no != ECONNRESET && err_no != EPIPE) {
             g_set_error(error, G_IO_ERROR, g_io_error_from_errno(err_no),
-                        "connection to the %s at %s lost during the TLS handshake: %s", who,
-                        s->peer, g_strerror(err_no));
+                        "the connection to the %s was lost during the TLS handshake: %s", who,
+                        g_strerror(err_no));
             return;
         }
         break; /* the peer closed: as below */
@@ -464,33 +457,27 @@ static void handshake_error(FerryTlsSession *s, int ret, GError **error)
         break;
     default:
         g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_HANDSHAKE,
-                    "the TLS handshake with the %s at %s failed: %s", who, s->peer,
-                    gnutls_strerror(ret));
+                    "the TLS handshake with the %s failed: %s", who, gnutls_strerror(ret));
         return;
     }
 
-    if (source && ret == GNUTLS_E_TIMEDOUT)
+    /* A source whose peer says nothing, or hangs up at once: probably a plain listener. */
+    if (source && (ret == GNUTLS_E_TIMEDOUT || s->received == 0))
         g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_HANDSHAKE,
-                    "the peer at %s did not answer the TLS handshake within %d s (is it "
-                    "listening for plain tcp:?)",
-                    s->peer, HANDSHAKE_TIMEOUT_MS / 1000);
-    else if (source && s->received == 0)
-        g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_HANDSHAKE,
-                    "the peer at %s did not answer the TLS handshake (is it listening for "
+                    "the peer at %s did not answer the TLS handshake%s (is it listening for "
                     "plain tcp:?)",
-                    s->peer);
+                    s->peer, ret == GNUTLS_E_TIMEDOUT ? " in time" : "");
     else if (ret == GNUTLS_E_UNEXPECTED_PACKET_LENGTH ||
              ret == GNUTLS_E_UNSUPPORTED_VERSION_PACKET || ret == GNUTLS_E_UNEXPECTED_PACKET)
         g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_MISMATCH,
-                    "the %s at %s does not speak TLS; use tls: on both sides", who, s->peer);
+                    "the %s does not speak TLS; use tls: on both sides", who);
     else if (ret == GNUTLS_E_TIMEDOUT)
         g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_HANDSHAKE,
-                    "the %s at %s did not complete the TLS handshake within %d s", who, s->peer,
-                    HANDSHAKE_TIMEOUT_MS / 1000);
+                    "the %s did not complete the TLS handshake within %d s", who,
+                    FERRY_TLS_HANDSHAKE_TIMEOUT_MS / 1000);
     else
         g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_HANDSHAKE,
-                    "the %s at %s closed the connection during the TLS handshake", who,
-                    s->peer);
+                    "the %s closed the connection during the TLS handshake", who);
 }
 
 /* ---- sessions ----------------------------------------------------------------------- */
@@ -514,8 +501,7 @@ FerryTlsSession *ferry_tls_session_new(FerryTlsCreds *creds, int fd, const char 
     if (ret == 0)
         ret = gnutls_credentials_set(s->gs, GNUTLS_CRD_CERTIFICATE, creds->x509);
     if (ret == 0 && source && !g_hostname_is_ip_address(expected_name))
-        ret = gnutls_server_name_set(s->gs, GNUTLS_NAME_DNS, expected_name,
-                                     strlen(expected_name));
+        ret = gnutls_server_name_set(s->gs, GNUTLS_NAME_DNS, expected_name, strlen(expected_name));
     if (ret < 0) {
         g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_HANDSHAKE,
                     "cannot set up a TLS session: %s", gnutls_strerror(ret));
@@ -529,7 +515,7 @@ FerryTlsSession *ferry_tls_session_new(FerryTlsCreds *creds, int fd, const char 
     gnutls_transport_set_pull_timeout_function(s->gs, tls_pull_timeout);
     gnutls_transport_set_push_function(s->gs, tls_push);
     gnutls_transport_set_vec_push_function(s->gs, tls_vec_push);
-    gnutls_handshake_set_timeout(s->gs, HANDSHAKE_TIMEOUT_MS);
+    gnutls_handshake_set_timeout(s->gs, FERRY_TLS_HANDSHAKE_TIMEOUT_MS);
 
     do
         ret = gnutls_handshake(s->gs);
@@ -537,7 +523,7 @@ FerryTlsSession *ferry_tls_session_new(FerryTlsCreds *creds, int fd, const char 
     if (ret < 0) {
         /* Tell the peer why, when the refusal is ours; it reports the alert. */
         if (s->verify_error)
-            { int ar = gnutls_alert_send(s->gs, GNUTLS_AL_FATAL, s->verify_alert); g_printerr("alert_send %d %s\n", ar, gnutls_strerror(ar)); }
+            gnutls_alert_send(s->gs, GNUTLS_AL_FATAL, s->verify_alert);
         else if (ret != GNUTLS_E_FATAL_ALERT_RECEIVED && ret != GNUTLS_E_PULL_ERROR &&
                  ret != GNUTLS_E_PUSH_ERROR && ret != GNUTLS_E_PREMATURE_TERMINATION &&
                  ret != GNUTLS_E_TIMEDOUT)
@@ -545,9 +531,9 @@ FerryTlsSession *ferry_tls_session_new(FerryTlsCreds *creds, int fd, const char 
         handshake_error(s, ret, error);
         return NULL;
     }
-    s->description = g_strdup_printf("%s %s",
-                                     gnutls_protocol_get_name(gnutls_protocol_get_version(s->gs)),
-                                     gnutls_cipher_get_name(gnutls_cipher_get(s->gs)));
+    s->description =
+        g_strdup_printf("%s %s", gnutls_protocol_get_name(gnutls_protocol_get_version(s->gs)),
+                        gnutls_cipher_get_name(gnutls_cipher_get(s->gs)));
     return g_steal_pointer(&s);
 }
 

@@ -30,6 +30,9 @@
 #define FERRY_TLS_PRIORITY    "NORMAL"
 #define FERRY_TLS_DEFAULT_DIR "/etc/pki/ferry"
 
+/* A peer that accepted the TCP connection but does not go on with the handshake: ms. */
+#define FERRY_TLS_HANDSHAKE_TIMEOUT_MS 30000
+
 #define FERRY_TLS_ERROR (ferry_tls_error_quark())
 GQuark ferry_tls_error_quark(void);
 
