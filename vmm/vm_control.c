@@ -557,7 +557,25 @@ static JsonNode *migrate_start_postcopy(void *opaque, JsonObject *params, GError
     return NULL;
 }
 
+static JsonNode *migrate_recover(void *opaque, JsonObject *params, GError **error)
+{
+    FerryVm *vm = opaque;
+    const char *uri = string_param(params, "uri");
+    if (!uri || !*uri) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "migrate-recover needs {\"uri\": \"tls:HOST:PORT\" (or tcp:, unix:, fd:)}");
+        return NULL;
+    }
+    g_autofree char *bound = NULL;
+    if (!ferry_migration_recover(vm->migration, uri, &bound, error))
+        return NULL;
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "uri", bound);
+    return take_object(o);
+}
+
 const FerryControlMethod ferry_vm_control_methods[] = {
+    {"migrate-recover", migrate_recover},
     {"migrate-send", migrate_send},
     {"migrate-receive", migrate_receive},
     {"migrate-set-parameters", migrate_set_parameters},

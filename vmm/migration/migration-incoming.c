@@ -7,6 +7,7 @@
  */
 #include "migration/migration-internal.h"
 
+#include "migration/postcopy.h"
 #include "snapshot.h"
 #include "util/log.h"
 #include "util/state.h"
@@ -43,6 +44,14 @@ struct Incoming {
     /* pages written with data so far (a page resent as zero must then be cleared) */
     uint64_t *received[FERRY_MAX_RAM_REGIONS];
     gboolean resumed;
+
+    /* post-copy */
+    gboolean postcopy_round; /* a ROUND with POSTCOPY arrived */
+    gboolean checkpoint;     /* connection 0 stopped at the verified CHECKPOINT */
+    uint64_t *stale[FERRY_MAX_RAM_REGIONS]; /* DISCARDed pages: their copies here are old */
+    FerryPostcopy *pc;
+    GMutex rp_lock;          /* the return path, once the fault thread writes requests too */
+    gboolean committed;      /* READY went out: the guest belongs here */
 };
 
 static const FerryMemRegion *region_of(FerryGuestMemory *mem, uint64_t gpa, unsigned *index)
@@ -73,6 +82,11 @@ static gboolean apply_ram(Incoming *in, const FerryStreamRecord *rec, GError **e
             return FALSE;
         }
         uint64_t page = (gpa - r->gpa) / PAGE;
+        if (in->pc) {
+            if (!ferry_postcopy_place(in->pc, gpa, data, error))
+                return FALSE;
+            continue;
+        }
         uint64_t *word = &in->received[ri][page / 64];
         uint64_t bit = 1ull << (page % 64);
         /* Each connection owns whole chunks, so no two threads share a bitmap word. */
@@ -86,6 +100,21 @@ static gboolean apply_ram(Incoming *in, const FerryStreamRecord *rec, GError **e
         /* a zero page never written here is still a hole of the fresh memfd: leave it */
     }
     return TRUE;
+}
+
+/* DISCARD: these pages changed on the source after their copy here was sent. */
+static void mark_stale(Incoming *in, const FerryStreamRange *ranges, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        for (uint64_t gpa = ranges[i].gpa; gpa < ranges[i].gpa + ranges[i].bytes; gpa += PAGE) {
+            unsigned ri;
+            const FerryMemRegion *r = region_of(in->vm->mem, gpa, &ri);
+            if (!r)
+                continue; /* the reader checked the ranges against RAM */
+            uint64_t page = (gpa - r->gpa) / PAGE;
+            in->stale[ri][page / 64] |= 1ull << (page % 64);
+        }
+    }
 }
 
 static void add_figures(Incoming *in)
@@ -123,6 +152,8 @@ static gboolean channel_receive(InChannel *c, GError **error)
                 return FALSE;
             break;
         case FERRY_STREAM_RECORD_ROUND:
+            if (rec.round.flags & FERRY_STREAM_ROUND_POSTCOPY)
+                in->postcopy_round = TRUE;
             if (c->index == 0) {
                 g_mutex_lock(&in->m->lock);
                 in->m->info.iteration = rec.round.round + 1;
@@ -141,6 +172,26 @@ static gboolean channel_receive(InChannel *c, GError **error)
             g_hash_table_replace(in->sections, g_strdup(rec.section.id),
                                  g_bytes_new(rec.section.data, rec.section.len));
             break;
+        case FERRY_STREAM_RECORD_DISCARD:
+            if (c->index != 0 || !in->postcopy_round || in->pc) {
+                g_set_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID,
+                            "a DISCARD record at byte %" G_GUINT64_FORMAT
+                            " outside the post-copy switch",
+                            rec.offset);
+                return FALSE;
+            }
+            mark_stale(in, rec.discard.ranges, rec.discard.n);
+            break;
+        case FERRY_STREAM_RECORD_CHECKPOINT:
+            if (c->index != 0 || !in->postcopy_round || in->pc) {
+                g_set_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID,
+                            "a CHECKPOINT record at byte %" G_GUINT64_FORMAT
+                            " outside the post-copy switch",
+                            rec.offset);
+                return FALSE;
+            }
+            in->checkpoint = TRUE;
+            return TRUE;
         default:
             g_set_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_UNKNOWN_RECORD,
                         "record type %u at byte %" G_GUINT64_FORMAT
@@ -323,6 +374,189 @@ static void close_all(Incoming *in)
     }
 }
 
+/* ---- post-copy ---- */
+
+/* Fault thread: asks the source for pages the guest (or a device) touched while missing. */
+static void request_pages(void *opaque, const uint64_t *gpas, unsigned n)
+{
+    Incoming *in = opaque;
+    FerryStreamRange ranges[64];
+    n = MIN(n, G_N_ELEMENTS(ranges));
+    for (unsigned i = 0; i < n; i++)
+        ranges[i] = (FerryStreamRange){gpas[i], PAGE};
+    g_mutex_lock(&in->rp_lock);
+    /* a failure means the connection broke: the receiver sees it and recovery asks again */
+    if (in->rp && ferry_stream_writer_put_page_request(in->rp, ranges, n, NULL))
+        ferry_stream_writer_flush(in->rp, NULL);
+    g_mutex_unlock(&in->rp_lock);
+    g_mutex_lock(&in->m->lock);
+    in->m->info.postcopy_requests += n;
+    g_mutex_unlock(&in->m->lock);
+}
+
+static gboolean put_status_locked(Incoming *in, FerryStreamStatus code, GError **error)
+{
+    g_mutex_lock(&in->rp_lock);
+    gboolean ok = ferry_stream_writer_put_status(in->rp, code, NULL, error) &&
+                  ferry_stream_writer_flush(in->rp, error);
+    g_mutex_unlock(&in->rp_lock);
+    return ok;
+}
+
+/* Registers RAM with userfaultfd: every page not DISCARDed holds its final contents. */
+static gboolean postcopy_begin(Incoming *in, GError **error)
+{
+    FerryGuestMemory *mem = in->vm->mem;
+    uint64_t *present[FERRY_MAX_RAM_REGIONS] = {0};
+    for (unsigned i = 0; i < mem->nr_regions; i++) {
+        uint64_t words = (mem->regions[i].size / PAGE + 63) / 64;
+        present[i] = g_new(uint64_t, words);
+        for (uint64_t w = 0; w < words; w++)
+            present[i][w] = ~in->stale[i][w];
+    }
+    in->pc = ferry_postcopy_start(mem, present, request_pages, in, error);
+    for (unsigned i = 0; i < mem->nr_regions; i++)
+        g_free(present[i]);
+    return in->pc != NULL;
+}
+
+static gpointer receiver_thread(gpointer data)
+{
+    InChannel *c = data;
+    g_clear_error(&c->error);
+    channel_receive(c, &c->error);
+    return NULL;
+}
+
+/* A new connection after a post-copy break: check it, then ask for every missing page. */
+static gboolean postcopy_accept_again(Incoming *in, FerryMigrationListener *l, GError **error)
+{
+    InChannel *c = &in->ch[0];
+    g_mutex_lock(&in->rp_lock);
+    if (in->rp)
+        ferry_stream_writer_free(in->rp);
+    in->rp = NULL;
+    g_mutex_unlock(&in->rp_lock);
+    if (c->r)
+        ferry_stream_reader_free(c->r);
+    c->r = NULL;
+    if (c->conn) {
+        ferry_migration_untrack_channel(in->m, c->conn);
+        g_clear_object(&c->conn);
+    }
+    c->conn = ferry_migration_listener_accept(l, in->m->cancel, error);
+    if (!c->conn)
+        return FALSE;
+    ferry_migration_track_channel(in->m, c->conn);
+    FerryStreamWriter *rp = ferry_stream_writer_new(g_io_stream_get_output_stream(c->conn),
+                                                    FERRY_STREAM_FLAG_RETURN_PATH, NULL);
+    if (!ferry_stream_writer_put_header(rp, ferry_vm_identity_config(in->identity), error) ||
+        !ferry_stream_writer_flush(rp, error)) {
+        ferry_stream_writer_free(rp);
+        return FALSE;
+    }
+    c->r = ferry_stream_reader_new(g_io_stream_get_input_stream(c->conn), 0,
+                                   ferry_vm_identity_config(in->identity), in->ram, in->n_ram,
+                                   NULL);
+    FerryStreamRecord rec;
+    if (!ferry_stream_reader_read_header(c->r, error) || !ferry_stream_reader_next(c->r, &rec, error)) {
+        ferry_stream_writer_free(rp);
+        return FALSE;
+    }
+    uint64_t session = 0;
+    if (rec.type == FERRY_STREAM_RECORD_SECTION &&
+        g_str_equal(rec.section.id, FERRY_MIGRATION_SECTION_RECOVER) && rec.section.len >= 8)
+        session = ferry_le_load64(rec.section.data);
+    if (session != in->session) {
+        ferry_stream_writer_free(rp);
+        g_set_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID,
+                    "the new connection is not the recovery of this migration");
+        return FALSE;
+    }
+    g_autoptr(GArray) missing = g_array_new(FALSE, FALSE, sizeof(FerryStreamRange));
+    ferry_postcopy_missing_ranges(in->pc, missing);
+    gboolean ok = TRUE;
+    for (guint i = 0; ok && i < missing->len; i += FERRY_STREAM_MAX_PAGE_REQUESTS)
+        ok = ferry_stream_writer_put_page_request(
+            rp, &g_array_index(missing, FerryStreamRange, i),
+            MIN(missing->len - i, FERRY_STREAM_MAX_PAGE_REQUESTS), error);
+    ok = ok && ferry_stream_writer_flush(rp, error);
+    g_mutex_lock(&in->rp_lock);
+    in->rp = rp;
+    g_mutex_unlock(&in->rp_lock);
+    if (ok)
+        ferry_postcopy_rerequest_waiting(in->pc);
+    return ok;
+}
+
+/*
+ * From the verified CHECKPOINT on: missing pages fault in through userfaultfd while the
+ * receiver places what arrives.  Before READY went out a failure is ordinary (the guest
+ * never ran here); after it a broken connection pauses post-copy until migrate-recover.
+ */
+static gboolean run_postcopy(Incoming *in, GError **error)
+{
+    InChannel *c = &in->ch[0];
+    if (!postcopy_begin(in, error))
+        return FALSE;
+    c->thread = g_thread_new("migration-in-pc", receiver_thread, c);
+    if (!ferry_migration_call_main(in->m, apply_on_main, in, error) ||
+        !put_status_locked(in, FERRY_STREAM_STATUS_READY, error)) {
+        ferry_migration_channel_abort(c->conn);
+        g_thread_join(c->thread);
+        c->thread = NULL;
+        return FALSE;
+    }
+    /* committed: the guest is ours now */
+    in->committed = TRUE;
+    ferry_migration_call_main(in->m, start_on_main, in, NULL);
+    if (in->resumed)
+        put_status_locked(in, FERRY_STREAM_STATUS_RESUMED, NULL);
+    ferry_migration_set_status(in->m, FERRY_MIGRATION_POSTCOPY_ACTIVE, NULL);
+    for (;;) {
+        g_thread_join(c->thread);
+        c->thread = NULL;
+        add_figures(in);
+        if (!c->error) {
+            if (!ferry_postcopy_complete(in->pc)) {
+                g_set_error(error, FERRY_STREAM_ERROR, FERRY_STREAM_ERROR_INVALID,
+                            "the source ended the migration with %" G_GUINT64_FORMAT
+                            " pages still missing",
+                            ferry_postcopy_missing(in->pc));
+                return FALSE;
+            }
+            return TRUE;
+        }
+        g_autofree char *why = g_strdup_printf(
+            "connection to the source lost in post-copy (%s); the guest waits for its "
+            "missing pages: give both sides a new connection with migrate-recover",
+            c->error->message);
+        ferry_migration_set_status(in->m, FERRY_MIGRATION_POSTCOPY_PAUSED, why);
+        for (;;) {
+            g_mutex_lock(&in->m->lock);
+            while (!in->m->recover_listener && !g_atomic_int_get(&in->m->closing))
+                g_cond_wait(&in->m->recover_cond, &in->m->lock);
+            FerryMigrationListener *l = g_steal_pointer(&in->m->recover_listener);
+            g_mutex_unlock(&in->m->lock);
+            if (!l) {
+                g_set_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED, "ferry-vmm is shutting down");
+                return FALSE;
+            }
+            g_autoptr(GError) e = NULL;
+            gboolean ok = postcopy_accept_again(in, l, &e);
+            ferry_migration_listener_free(l);
+            if (ok)
+                break;
+            g_autofree char *msg = g_strdup_printf("recovery failed: %s; try migrate-recover "
+                                                   "again",
+                                                   e->message);
+            ferry_migration_set_status(in->m, FERRY_MIGRATION_POSTCOPY_PAUSED, msg);
+        }
+        ferry_migration_set_status(in->m, FERRY_MIGRATION_POSTCOPY_ACTIVE, NULL);
+        c->thread = g_thread_new("migration-in-pc", receiver_thread, c);
+    }
+}
+
 gpointer ferry_migration_incoming_thread(gpointer data)
 {
     FerryIncomingJob *job = data;
@@ -334,8 +568,12 @@ gpointer ferry_migration_incoming_thread(gpointer data)
     in->n_ram = ferry_vm_ram_ranges(in->vm, in->ram);
     in->sections =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify) g_bytes_unref);
-    for (unsigned i = 0; i < in->vm->mem->nr_regions; i++)
-        in->received[i] = g_new0(uint64_t, (in->vm->mem->regions[i].size / PAGE + 63) / 64);
+    for (unsigned i = 0; i < in->vm->mem->nr_regions; i++) {
+        uint64_t words = (in->vm->mem->regions[i].size / PAGE + 63) / 64;
+        in->received[i] = g_new0(uint64_t, words);
+        in->stale[i] = g_new0(uint64_t, words);
+    }
+    g_mutex_init(&in->rp_lock);
 
     g_autoptr(GError) error = NULL;
     gboolean ok = accept_all(in, &error);
@@ -344,10 +582,18 @@ gpointer ferry_migration_incoming_thread(gpointer data)
         in->m->info.setup_ms = (g_get_monotonic_time() - in->m->info.start_us) / 1000;
         g_mutex_unlock(&in->m->lock);
     }
-    ok = ok && receive_all(in, &error) &&
-         ferry_migration_call_main(in->m, apply_on_main, in, &error);
-    if (ok) {
+    ok = ok && receive_all(in, &error);
+    if (ok && in->checkpoint) {
+        ok = run_postcopy(in, &error);
+        if (ok) {
+            g_mutex_lock(&in->rp_lock);
+            ferry_stream_writer_put_end(in->rp, NULL);
+            g_mutex_unlock(&in->rp_lock);
+            ferry_migration_set_status(in->m, FERRY_MIGRATION_COMPLETED, NULL);
+        }
+    } else if (ok && ferry_migration_call_main(in->m, apply_on_main, in, &error)) {
         /* from here the guest is ours: the source stays paused for good */
+        in->committed = TRUE;
         g_autoptr(GError) e = NULL;
         if (!ferry_stream_writer_put_status(in->rp, FERRY_STREAM_STATUS_READY, NULL, &e) ||
             !ferry_stream_writer_flush(in->rp, &e))
@@ -361,9 +607,17 @@ gpointer ferry_migration_incoming_thread(gpointer data)
             ferry_stream_writer_put_end(in->rp, NULL);
         ferry_migration_set_status(in->m, FERRY_MIGRATION_COMPLETED, NULL);
     } else {
+        ok = FALSE;
+    }
+    if (!ok && in->committed) {
+        /* post-copy after READY: the guest runs here whatever happens */
+        ferry_migration_set_status(in->m, FERRY_MIGRATION_FAILED, error->message);
+    } else if (!ok) {
         g_autofree char *message = g_strdup_printf("incoming migration failed: %s",
                                                    error->message);
+        g_mutex_lock(&in->rp_lock);
         tell_source_failed(in, error->message);
+        g_mutex_unlock(&in->rp_lock);
         ferry_migration_set_status(in->m,
                                    g_cancellable_is_cancelled(in->m->cancel)
                                        ? FERRY_MIGRATION_CANCELLED
@@ -372,11 +626,17 @@ gpointer ferry_migration_incoming_thread(gpointer data)
         if (!g_atomic_int_get(&in->m->closing))
             ferry_vm_abandon_incoming(in->vm, message);
     }
+    if (in->committed && in->pc && !ferry_postcopy_complete(in->pc))
+        in->pc = NULL; /* kept on purpose: freeing would hand the guest zero pages */
+    ferry_postcopy_free(in->pc);
     close_all(in);
     ferry_migration_listener_free(job->listener);
     g_hash_table_unref(in->sections);
-    for (unsigned i = 0; i < FERRY_MAX_RAM_REGIONS; i++)
+    for (unsigned i = 0; i < FERRY_MAX_RAM_REGIONS; i++) {
         g_free(in->received[i]);
+        g_free(in->stale[i]);
+    }
+    g_mutex_clear(&in->rp_lock);
     ferry_vm_identity_free(in->identity);
     g_free(in);
     g_free(job);

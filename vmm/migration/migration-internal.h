@@ -16,6 +16,7 @@
 /* SECTION ids the engine uses for itself (not machine state). */
 #define FERRY_MIGRATION_SECTION_SETUP   "migration/setup"   /* first record on connection 0 */
 #define FERRY_MIGRATION_SECTION_CHANNEL "migration/channel" /* first record on the others */
+#define FERRY_MIGRATION_SECTION_RECOVER "migration/recover" /* first on a post-copy recovery */
 #define FERRY_MIGRATION_SECTION_PREFIX  "migration/"
 #define FERRY_MIGRATION_SETUP_VERSION   1
 
@@ -54,6 +55,10 @@ struct FerryMigration {
     GPtrArray *channels;           /* GIOStream *, open connections, aborted on cancel */
     gboolean postcopy_requested;
     char *abort_reason;            /* set by ferry_migration_abort(), owned */
+    /* post-copy recovery (migrate-recover), handed to the engine thread; m->recover_cond */
+    GCond recover_cond;
+    char *recover_uri;                        /* source: where to connect again */
+    FerryMigrationListener *recover_listener; /* destination: where the source comes back */
     gint closing;                  /* atomic: ferry_migration_free is waiting for the thread */
 };
 

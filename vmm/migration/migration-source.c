@@ -81,6 +81,12 @@ struct Source {
     gboolean end_sent;   /* every byte of the stream is out: the destination may own the VM */
     gint64 pause_us;
     gint64 rtt_us;
+
+    /* post-copy: pages the destination still needs, and the pages it asked for (rp_lock) */
+    gboolean postcopy;
+    uint64_t *needed[FERRY_MAX_RAM_REGIONS];
+    uint64_t needed_count;
+    GArray *requests; /* FerryStreamRange, filled by the return-path thread */
 };
 
 /* ---- the return path ---- */
@@ -140,6 +146,14 @@ static gpointer return_path_thread(gpointer data)
                         ferry_migration_channel_abort(s->ch[i].conn);
                 break;
             }
+        } else if (rec.type == FERRY_STREAM_RECORD_PAGE_REQUEST) {
+            g_array_append_vals(s->requests, rec.page_request.ranges, rec.page_request.n);
+            uint64_t pages = 0;
+            for (unsigned i = 0; i < rec.page_request.n; i++)
+                pages += rec.page_request.ranges[i].bytes / PAGE;
+            g_mutex_lock(&s->m->lock);
+            s->m->info.postcopy_requests += pages;
+            g_mutex_unlock(&s->m->lock);
         } else if (rec.type == FERRY_STREAM_RECORD_END) {
             ok = FALSE;
         }
@@ -484,8 +498,9 @@ static void set_figures(Source *s, unsigned iteration, uint64_t remaining, uint6
  * returns when the estimated pause fits the downtime limit.  Fails on timeout (action
  * cancel), cancellation, or a connection or destination error.
  */
-static gboolean precopy(Source *s, uint32_t *next_round, GError **error)
+static gboolean precopy(Source *s, uint32_t *next_round, gboolean *to_postcopy, GError **error)
 {
+    *to_postcopy = FALSE;
     uint64_t pending = 0, bandwidth = 0, dirty_rate = 0, prev_pending = 0; /* 0: no round yet */
     unsigned throttle = 0, strikes = 0;
     gint64 last_sync = g_get_monotonic_time();
@@ -532,8 +547,17 @@ static gboolean precopy(Source *s, uint32_t *next_round, GError **error)
         if (pending == 0 || (fits && !shrinking))
             return TRUE;
         prev_pending = pending;
+        g_mutex_lock(&s->m->lock);
+        gboolean asked = s->m->postcopy_requested;
+        g_mutex_unlock(&s->m->lock);
         gint64 elapsed_s = (now - s->m->info.start_us) / G_USEC_PER_SEC;
-        if (s->params.timeout && elapsed_s >= (gint64) s->params.timeout) {
+        gboolean timed_out = s->params.timeout && elapsed_s >= (gint64) s->params.timeout;
+        if (s->params.postcopy &&
+            (asked || (timed_out && s->params.timeout_action == FERRY_MIGRATION_TIMEOUT_POSTCOPY))) {
+            *to_postcopy = TRUE;
+            return TRUE;
+        }
+        if (timed_out) {
             g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
                         "the migration did not converge in %u s: the guest dirties %" G_GUINT64_FORMAT
                         " MiB/s and %" G_GUINT64_FORMAT " MiB/s get through, so the pause would be "
@@ -583,6 +607,304 @@ static gboolean switch_over(Source *s, uint32_t round, GError **error)
     g_mutex_unlock(&s->figures_lock);
     update_transfer_figures(s);
     return wait_ready(s, error);
+}
+
+/* ---- post-copy ---- */
+
+static void update_postcopy_figures(Source *s)
+{
+    g_mutex_lock(&s->figures_lock);
+    ferry_stream_writer_get_stats(s->ch[0].w, &s->ch[0].stats);
+    g_mutex_unlock(&s->figures_lock);
+    update_transfer_figures(s);
+    g_mutex_lock(&s->m->lock);
+    s->m->info.remaining = s->needed_count * PAGE;
+    g_mutex_unlock(&s->m->lock);
+}
+
+/* Appends the runs of set bits of @bits (@npages pages from @gpa) to @out as ranges. */
+static void bitmap_ranges(const uint64_t *bits, uint64_t npages, uint64_t gpa, GArray *out)
+{
+    uint64_t p = 0;
+    while (p < npages) {
+        if (!(bits[p / 64] & (1ull << (p % 64)))) {
+            p++;
+            continue;
+        }
+        uint64_t start = p;
+        while (p < npages && (bits[p / 64] & (1ull << (p % 64))))
+            p++;
+        FerryStreamRange r = {gpa + start * PAGE, (p - start) * PAGE};
+        g_array_append_val(out, r);
+    }
+}
+
+/*
+ * The post-copy switch: pause, take the last dirty pages as the "needed" set, tell the
+ * destination to drop its stale copies of them (DISCARD), send the machine state and a
+ * CHECKPOINT; the destination then runs the guest and faults the needed pages in.  The
+ * other connections end here.
+ */
+static gboolean postcopy_switch(Source *s, uint32_t round, GError **error)
+{
+    s->pause_us = g_get_monotonic_time();
+    if (!ferry_migration_call_main(s->m, stop_vm_on_main, s, error))
+        return FALSE;
+    ferry_vcpu_throttle_set(s->vm, 0);
+    if (!ferry_dirty_log_sync(s->log, NULL, error))
+        return FALSE;
+    FerryGuestMemory *mem = s->vm->mem;
+    g_autoptr(GArray) discard = g_array_new(FALSE, FALSE, sizeof(FerryStreamRange));
+    for (unsigned ri = 0; ri < mem->nr_regions; ri++) {
+        const FerryMemRegion *r = &mem->regions[ri];
+        uint64_t pages = r->size / PAGE;
+        s->needed[ri] = g_new0(uint64_t, (pages + 63) / 64);
+        for (uint64_t first = 0; first < pages; first += FERRY_MIGRATION_CHUNK_PAGES) {
+            uint64_t npages = MIN((uint64_t) FERRY_MIGRATION_CHUNK_PAGES, pages - first);
+            uint64_t count = 0;
+            if (!ferry_dirty_log_take_chunk(s->log, ri, first, npages, s->needed[ri] + first / 64,
+                                            &count, error))
+                return FALSE;
+            s->needed_count += count;
+        }
+        bitmap_ranges(s->needed[ri], pages, r->gpa, discard);
+    }
+    /* from here the guest's memory only changes on the destination */
+    ferry_dirty_log_stop(s->log);
+    s->log = NULL;
+    for (unsigned i = 0; i < s->n; i++) {
+        if (!ferry_stream_writer_put_round(s->ch[i].w, round, FERRY_STREAM_ROUND_POSTCOPY, error))
+            return FALSE;
+        if (i > 0 && !ferry_stream_writer_put_end(s->ch[i].w, error))
+            return FALSE;
+    }
+    FerryStreamWriter *w = s->ch[0].w;
+    for (guint i = 0; i < discard->len; i += FERRY_STREAM_MAX_PAGE_REQUESTS)
+        if (!ferry_stream_writer_put_discard(w, &g_array_index(discard, FerryStreamRange, i),
+                                             MIN(discard->len - i, FERRY_STREAM_MAX_PAGE_REQUESTS),
+                                             error))
+            return FALSE;
+    if (!ferry_vm_put_state_sections(s->vm, w, error) ||
+        !ferry_stream_writer_put_checkpoint(w, error))
+        return FALSE;
+    s->postcopy = TRUE;
+    s->end_sent = TRUE; /* the whole machine state is out: the destination may run it */
+    g_mutex_lock(&s->m->lock);
+    s->m->info.remaining = s->needed_count * PAGE;
+    g_mutex_unlock(&s->m->lock);
+    ferry_migration_set_status(s->m, FERRY_MIGRATION_POSTCOPY_ACTIVE, NULL);
+    return TRUE;
+}
+
+/* Sends the pages of [@gpa, +@npages) that are still needed (all of them if @force). */
+static gboolean send_pages(Source *s, uint64_t gpa, uint64_t npages, gboolean force,
+                           GError **error)
+{
+    FerryGuestMemory *mem = s->vm->mem;
+    while (npages) {
+        unsigned ri = 0;
+        const FerryMemRegion *r = NULL;
+        for (; ri < mem->nr_regions; ri++)
+            if (gpa >= mem->regions[ri].gpa && gpa - mem->regions[ri].gpa < mem->regions[ri].size) {
+                r = &mem->regions[ri];
+                break;
+            }
+        if (!r)
+            return TRUE; /* the reader checked requests against RAM: cannot happen */
+        uint64_t first = (gpa - r->gpa) / PAGE;
+        unsigned n = (unsigned) MIN(npages, MIN((uint64_t) FERRY_STREAM_MAX_BATCH_PAGES,
+                                                r->size / PAGE - first));
+        uint64_t sel[FERRY_STREAM_MAX_BATCH_PAGES / 64] = {0};
+        uint64_t count = 0;
+        for (unsigned i = 0; i < n; i++) {
+            uint64_t p = first + i;
+            uint64_t *word = &s->needed[ri][p / 64], bit = 1ull << (p % 64);
+            if (!(*word & bit) && !force)
+                continue;
+            if (*word & bit) {
+                *word &= ~bit;
+                s->needed_count--;
+            }
+            sel[i / 64] |= 1ull << (i % 64);
+            count++;
+        }
+        if (count && !ferry_stream_writer_put_ram_batch(s->ch[0].w, r->gpa + first * PAGE, n,
+                                                        r->hva + first * PAGE, sel, error))
+            return FALSE;
+        gpa += (uint64_t) n * PAGE;
+        npages -= n;
+    }
+    return TRUE;
+}
+
+/* Background pages per batch in post-copy: small, so a request never waits long behind. */
+#define POSTCOPY_PUSH_PAGES 128
+
+/*
+ * Post-copy: serve the destination's requests first, push the rest in the background,
+ * END when every needed page went out, then wait for the destination to finish.  Returns
+ * FALSE with the connection error when it breaks (the caller decides: before READY the
+ * migration fails and the VM resumes here; after it, post-copy pauses for recovery).
+ */
+static gboolean postcopy_push(Source *s, GError **error)
+{
+    FerryGuestMemory *mem = s->vm->mem;
+    unsigned ri = 0;
+    uint64_t cursor = 0; /* next page of region ri to look at */
+    gboolean end_written = FALSE;
+    g_autoptr(GArray) todo = g_array_new(FALSE, FALSE, sizeof(FerryStreamRange));
+    for (;;) {
+        if (cancelled(s, error))
+            return FALSE;
+        g_mutex_lock(&s->rp_lock);
+        if (end_written && !s->requests->len && !s->rp_done)
+            g_cond_wait_until(&s->rp_cond, &s->rp_lock,
+                              g_get_monotonic_time() + 50 * G_TIME_SPAN_MILLISECOND);
+        gboolean broken = s->rp_failed || s->rp_error;
+        gboolean done = s->rp_done;
+        g_array_append_vals(todo, s->requests->data, s->requests->len);
+        g_array_set_size(s->requests, 0);
+        if (broken)
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s", s->rp_error);
+        g_mutex_unlock(&s->rp_lock);
+        if (broken)
+            return FALSE;
+        if (done)
+            return TRUE; /* the destination has every page: its END arrived */
+        if (todo->len && !end_written) {
+            for (guint i = 0; i < todo->len; i++) {
+                FerryStreamRange *r = &g_array_index(todo, FerryStreamRange, i);
+                /* resent even if pushed already: it may still be in flight */
+                if (!send_pages(s, r->gpa, r->bytes / PAGE, TRUE, error))
+                    return FALSE;
+            }
+            if (!ferry_stream_writer_flush(s->ch[0].w, error))
+                return FALSE;
+            update_postcopy_figures(s);
+        }
+        g_array_set_size(todo, 0);
+        if (end_written)
+            continue;
+        if (!s->needed_count) {
+            if (!ferry_stream_writer_put_end(s->ch[0].w, error))
+                return FALSE;
+            end_written = TRUE;
+            update_postcopy_figures(s);
+            continue;
+        }
+        /* one background batch from the cursor on */
+        while (ri < mem->nr_regions && cursor >= mem->regions[ri].size / PAGE) {
+            ri++;
+            cursor = 0;
+        }
+        if (ri == mem->nr_regions) {
+            ri = 0; /* wrap: pages a request skipped over may still be needed */
+            continue;
+        }
+        const FerryMemRegion *r = &mem->regions[ri];
+        if (!(s->needed[ri][cursor / 64] >> (cursor % 64))) {
+            cursor = (cursor / 64 + 1) * 64; /* nothing needed in the rest of this word */
+            continue;
+        }
+        uint64_t n = MIN((uint64_t) POSTCOPY_PUSH_PAGES, r->size / PAGE - cursor);
+        uint64_t before = s->needed_count;
+        if (!send_pages(s, r->gpa + cursor * PAGE, n, FALSE, error) ||
+            !rate_limit(s, (before - s->needed_count) * PAGE, error))
+            return FALSE;
+        cursor += n;
+        if (cursor % 4096 == 0)
+            update_postcopy_figures(s);
+    }
+}
+
+/* Connects again after a post-copy connection loss (migrate-recover) and restarts the
+ * return path; the destination then asks for every page it still lacks. */
+static gboolean postcopy_reconnect(Source *s, const char *uri, GError **error)
+{
+    Channel *c = &s->ch[0];
+    ferry_migration_channel_abort(c->conn);
+    g_thread_join(s->rp_thread);
+    s->rp_thread = NULL;
+    ferry_stream_writer_free(c->w);
+    c->w = NULL;
+    ferry_migration_untrack_channel(s->m, c->conn);
+    g_clear_object(&c->conn);
+    g_mutex_lock(&s->rp_lock);
+    s->rp_header = s->rp_done = FALSE;
+    g_clear_pointer(&s->rp_error, g_free);
+    g_array_set_size(s->requests, 0);
+    g_mutex_unlock(&s->rp_lock);
+
+    ferry_migration_uri_clear(&s->job->uri);
+    if (!ferry_migration_uri_parse(uri, &s->job->uri, error))
+        return FALSE;
+    c->conn = dial(s, error);
+    if (!c->conn)
+        return FALSE;
+    c->w = ferry_stream_writer_new(g_io_stream_get_output_stream(c->conn), 0, s->m->cancel);
+    g_autoptr(GByteArray) blob = g_byte_array_new();
+    FerryStateWriter sw = {blob};
+    ferry_state_put_u64(&sw, s->session);
+    ferry_state_put_u32(&sw, 0);
+    ferry_state_put_u32(&sw, 0);
+    if (!ferry_stream_writer_put_header(c->w, ferry_vm_identity_config(s->identity), error) ||
+        !ferry_stream_writer_put_section(c->w, FERRY_MIGRATION_SECTION_RECOVER,
+                                         FERRY_MIGRATION_SETUP_VERSION, blob->data, blob->len,
+                                         error) ||
+        !ferry_stream_writer_flush(c->w, error))
+        return FALSE;
+    s->rp_thread = g_thread_new("migration-rp", return_path_thread, s);
+    return wait_destination_header(s, error);
+}
+
+/*
+ * Post-copy from the switch to the end.  Before the destination's READY a failure is an
+ * ordinary one (the VM resumes here); after it a broken connection pauses post-copy until
+ * migrate-recover gives a new URI.
+ */
+static gboolean postcopy(Source *s, uint32_t round, GError **error)
+{
+    if (!postcopy_switch(s, round, error))
+        return FALSE;
+    for (;;) {
+        g_autoptr(GError) e = NULL;
+        if (postcopy_push(s, &e))
+            return TRUE;
+        g_mutex_lock(&s->rp_lock);
+        gboolean committed = s->rp_ready && !s->rp_failed;
+        g_mutex_unlock(&s->rp_lock);
+        if (!committed || g_atomic_int_get(&s->m->closing)) {
+            g_propagate_error(error, g_steal_pointer(&e));
+            return FALSE;
+        }
+        g_autofree char *why = g_strdup_printf(
+            "%s; the guest runs on the destination and waits for its missing pages: give both "
+            "sides a new connection with migrate-recover",
+            e->message);
+        g_mutex_lock(&s->m->lock);
+        g_clear_pointer(&s->m->recover_uri, g_free);
+        g_mutex_unlock(&s->m->lock);
+        ferry_migration_set_status(s->m, FERRY_MIGRATION_POSTCOPY_PAUSED, why);
+        for (;;) {
+            g_mutex_lock(&s->m->lock);
+            while (!s->m->recover_uri && !g_atomic_int_get(&s->m->closing))
+                g_cond_wait(&s->m->recover_cond, &s->m->lock);
+            g_autofree char *uri = g_steal_pointer(&s->m->recover_uri);
+            g_mutex_unlock(&s->m->lock);
+            if (!uri) {
+                g_set_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED, "ferry-vmm is shutting down");
+                return FALSE;
+            }
+            g_autoptr(GError) re = NULL;
+            if (postcopy_reconnect(s, uri, &re))
+                break;
+            g_autofree char *msg = g_strdup_printf("recovery on %s failed: %s; try "
+                                                   "migrate-recover again",
+                                                   uri, re->message);
+            ferry_migration_set_status(s->m, FERRY_MIGRATION_POSTCOPY_PAUSED, msg);
+        }
+        ferry_migration_set_status(s->m, FERRY_MIGRATION_POSTCOPY_ACTIVE, NULL);
+    }
 }
 
 static void close_channels(Source *s)
@@ -690,11 +1012,13 @@ gpointer ferry_migration_source_thread(gpointer data)
     g_mutex_init(&s->figures_lock);
     g_mutex_init(&s->rp_lock);
     g_cond_init(&s->rp_cond);
+    s->requests = g_array_new(FALSE, FALSE, sizeof(FerryStreamRange));
     ferry_migration_get_params(s->m, &s->params);
     s->identity = ferry_vm_identity_new(s->vm);
 
     g_autoptr(GError) error = NULL;
     uint32_t round = 0;
+    gboolean to_postcopy = FALSE;
     gboolean ok = setup(s, &error);
     if (ok) {
         g_mutex_lock(&s->m->lock);
@@ -703,10 +1027,13 @@ gpointer ferry_migration_source_thread(gpointer data)
         ferry_migration_set_status(s->m, FERRY_MIGRATION_ACTIVE, NULL);
         if (job->mode == FERRY_MIGRATION_MODE_LIVE) {
             s->log = ferry_dirty_log_start(s->vm->mem, s->vm->kvm->vm_fd, &error);
-            ok = s->log && precopy(s, &round, &error);
+            ok = s->log && precopy(s, &round, &to_postcopy, &error);
         }
     }
-    ok = ok && switch_over(s, round, &error);
+    if (ok && to_postcopy)
+        ok = postcopy(s, round, &error);
+    else
+        ok = ok && switch_over(s, round, &error);
     ferry_vcpu_throttle_set(s->vm, 0);
     if (ok)
         finish_success(s);
@@ -723,6 +1050,9 @@ gpointer ferry_migration_source_thread(gpointer data)
     ferry_vm_identity_free(s->identity);
     ferry_migration_params_clear(&s->params);
     g_free(s->rp_error);
+    g_array_unref(s->requests);
+    for (unsigned i = 0; i < FERRY_MAX_RAM_REGIONS; i++)
+        g_free(s->needed[i]);
     g_mutex_clear(&s->rl_lock);
     g_mutex_clear(&s->figures_lock);
     g_mutex_clear(&s->rp_lock);

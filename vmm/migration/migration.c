@@ -40,6 +40,7 @@ FerryMigration *ferry_migration_new(FerryVm *vm, const char *tls_dir)
     m->vm = vm;
     m->tls_dir = g_strdup(tls_dir);
     g_mutex_init(&m->lock);
+    g_cond_init(&m->recover_cond);
     m->params = (FerryMigrationParams){
         .downtime_limit = 300,
         .auto_converge_initial = 20,
@@ -60,6 +61,9 @@ void ferry_migration_free(FerryMigration *m)
         g_atomic_int_set(&m->closing, 1);
         g_cancellable_cancel(m->cancel);
         g_mutex_lock(&m->lock);
+        g_cond_broadcast(&m->recover_cond);
+        g_mutex_unlock(&m->lock);
+        g_mutex_lock(&m->lock);
         for (guint i = 0; i < m->channels->len; i++)
             ferry_migration_channel_abort(g_ptr_array_index(m->channels, i));
         g_mutex_unlock(&m->lock);
@@ -70,6 +74,10 @@ void ferry_migration_free(FerryMigration *m)
     ferry_migration_params_clear(&m->params);
     g_free(m->error);
     g_free(m->abort_reason);
+    g_free(m->recover_uri);
+    if (m->recover_listener)
+        ferry_migration_listener_free(m->recover_listener);
+    g_cond_clear(&m->recover_cond);
     g_free(m->tls_dir);
     g_mutex_clear(&m->lock);
     g_free(m);
@@ -549,6 +557,49 @@ gboolean ferry_migration_cancel(FerryMigration *m, GError **error)
     g_cancellable_cancel(m->cancel);
     for (guint i = 0; i < m->channels->len; i++)
         ferry_migration_channel_abort(g_ptr_array_index(m->channels, i));
+    g_mutex_unlock(&m->lock);
+    return TRUE;
+}
+
+gboolean ferry_migration_recover(FerryMigration *m, const char *uri, char **bound,
+                                 GError **error)
+{
+    if (ferry_migration_status(m) != FERRY_MIGRATION_POSTCOPY_PAUSED) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                    "migrate-recover resumes a post-copy migration whose connection broke "
+                    "(status postcopy-paused); the status is %s",
+                    ferry_migration_status_name(ferry_migration_status(m)));
+        return FALSE;
+    }
+    FerryMigrationUri u = {0};
+    if (!ferry_migration_uri_parse(uri, &u, error))
+        return FALSE;
+    FerryMigrationListener *l = NULL;
+    if (!m->is_source) {
+        FerryTlsOptions tls = {.dir = m->tls_dir};
+        l = ferry_migration_listen(&u, &tls, error);
+        if (!l) {
+            ferry_migration_uri_clear(&u);
+            return FALSE;
+        }
+        if ((u.transport == FERRY_MIGRATION_TRANSPORT_TCP ||
+             u.transport == FERRY_MIGRATION_TRANSPORT_TLS) &&
+            u.port == 0)
+            u.port = ferry_migration_listener_port(l);
+    }
+    if (bound)
+        *bound = ferry_migration_uri_to_string(&u);
+    ferry_migration_uri_clear(&u);
+    g_mutex_lock(&m->lock);
+    if (m->is_source) {
+        g_free(m->recover_uri);
+        m->recover_uri = g_strdup(uri);
+    } else {
+        if (m->recover_listener)
+            ferry_migration_listener_free(m->recover_listener);
+        m->recover_listener = l;
+    }
+    g_cond_broadcast(&m->recover_cond);
     g_mutex_unlock(&m->lock);
     return TRUE;
 }

@@ -105,6 +105,14 @@ gboolean ferry_migration_start_postcopy(FerryMigration *m, GError **error);
 /* The query-migrate object (docs/control-api.md), owned by the caller. */
 JsonObject *ferry_migration_query(FerryMigration *m);
 
+/*
+ * Post-copy recovery after the connection broke (status postcopy-paused): on the
+ * destination, listens on @uri for the source's new connection (the bound URI in @bound,
+ * nullable); on the source, connects to @uri.  Then the missing pages flow again.
+ */
+gboolean ferry_migration_recover(FerryMigration *m, const char *uri, char **bound,
+                                 GError **error);
+
 FerryMigrationStatus ferry_migration_status(FerryMigration *m);
 
 /* TRUE while a migration owns the VM's run state (the VM must not be resumed or reset). */
