@@ -492,6 +492,26 @@ gboolean ferry_migration_send(FerryMigration *m, const char *uri, FerryMigration
     return TRUE;
 }
 
+/*
+ * Listens on @u (destination side); the URI actually bound (port 0 replaced) goes to
+ * @bound (nullable).
+ */
+static FerryMigrationListener *listen_on(FerryMigration *m, FerryMigrationUri *u, char **bound,
+                                         GError **error)
+{
+    FerryTlsOptions tls = {.dir = m->tls_dir};
+    FerryMigrationListener *l = ferry_migration_listen(u, &tls, error);
+    if (!l)
+        return NULL;
+    if ((u->transport == FERRY_MIGRATION_TRANSPORT_TCP ||
+         u->transport == FERRY_MIGRATION_TRANSPORT_TLS) &&
+        u->port == 0)
+        u->port = ferry_migration_listener_port(l);
+    if (bound)
+        *bound = ferry_migration_uri_to_string(u);
+    return l;
+}
+
 gboolean ferry_migration_receive(FerryMigration *m, const char *uri, char **bound,
                                  GError **error)
 {
@@ -500,32 +520,22 @@ gboolean ferry_migration_receive(FerryMigration *m, const char *uri, char **boun
                     "this VM was not started with --incoming; it cannot receive a migration");
         return FALSE;
     }
-    FerryMigrationUri u = {0};
-    if (!ferry_migration_uri_parse(uri, &u, error))
-        return FALSE;
     g_mutex_lock(&m->lock);
     FerryMigrationStatus st = m->status;
     g_mutex_unlock(&m->lock);
     if (st != FERRY_MIGRATION_NONE) {
-        ferry_migration_uri_clear(&u);
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_BUSY,
                     "this VM already received or is receiving a migration (status %s)",
                     ferry_migration_status_name(st));
         return FALSE;
     }
-    FerryTlsOptions tls = {.dir = m->tls_dir};
-    FerryMigrationListener *l = ferry_migration_listen(&u, &tls, error);
-    if (!l) {
-        ferry_migration_uri_clear(&u);
+    FerryMigrationUri u = {0};
+    if (!ferry_migration_uri_parse(uri, &u, error))
         return FALSE;
-    }
-    if ((u.transport == FERRY_MIGRATION_TRANSPORT_TCP ||
-         u.transport == FERRY_MIGRATION_TRANSPORT_TLS) &&
-        u.port == 0)
-        u.port = ferry_migration_listener_port(l);
-    if (bound)
-        *bound = ferry_migration_uri_to_string(&u);
+    FerryMigrationListener *l = listen_on(m, &u, bound, error);
     ferry_migration_uri_clear(&u);
+    if (!l)
+        return FALSE;
     if (!begin(m, FALSE, FERRY_MIGRATION_MODE_LIVE, error)) {
         ferry_migration_listener_free(l);
         return FALSE;
@@ -575,19 +585,11 @@ gboolean ferry_migration_recover(FerryMigration *m, const char *uri, char **boun
     if (!ferry_migration_uri_parse(uri, &u, error))
         return FALSE;
     FerryMigrationListener *l = NULL;
-    if (!m->is_source) {
-        FerryTlsOptions tls = {.dir = m->tls_dir};
-        l = ferry_migration_listen(&u, &tls, error);
-        if (!l) {
-            ferry_migration_uri_clear(&u);
-            return FALSE;
-        }
-        if ((u.transport == FERRY_MIGRATION_TRANSPORT_TCP ||
-             u.transport == FERRY_MIGRATION_TRANSPORT_TLS) &&
-            u.port == 0)
-            u.port = ferry_migration_listener_port(l);
+    if (!m->is_source && !(l = listen_on(m, &u, bound, error))) {
+        ferry_migration_uri_clear(&u);
+        return FALSE;
     }
-    if (bound)
+    if (m->is_source && bound)
         *bound = ferry_migration_uri_to_string(&u);
     ferry_migration_uri_clear(&u);
     g_mutex_lock(&m->lock);
