@@ -680,6 +680,8 @@ void ferry_vm_free(FerryVm *vm)
 {
     if (!vm)
         return;
+    /* first: the migration threads use the vCPUs, devices and RAM (joined here) */
+    ferry_migration_free(vm->migration);
     ferry_vcpu_throttle_cleanup(vm); /* its thread kicks the vCPUs */
     if (vm->vcpus) {
         stop_vcpus(vm);
@@ -687,7 +689,6 @@ void ferry_vm_free(FerryVm *vm)
             ferry_vcpu_free(vm->vcpus[i]);
         g_free(vm->vcpus);
     }
-    ferry_migration_free(vm->migration); /* joins its threads, which use the VM */
     if (vm->control)
         ferry_control_free(vm->control);
     g_ptr_array_unref(vm->devices); /* virtio devices stop their I/O threads here */
