@@ -409,6 +409,13 @@ static void record_error(FerryTlsSession *s, ssize_t ret, int err_no, GError **e
     case GNUTLS_E_FATAL_ALERT_RECEIVED:
         set_refused(s, "ended the TLS session", error);
         break;
+    case GNUTLS_E_INVALID_SESSION:
+        /* an earlier send or receive already failed: the transport is gone */
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_CONNECTION_CLOSED,
+                    "the TLS session ended after an earlier failure: the %s went away or the "
+                    "network failed",
+                    peer_role(s->creds));
+        break;
     case GNUTLS_E_DECRYPTION_FAILED:
         g_set_error(error, FERRY_TLS_ERROR, FERRY_TLS_ERROR_RECORD,
                     "a TLS record failed its integrity check (corrupted in transit, or "
