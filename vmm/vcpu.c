@@ -225,6 +225,17 @@ gboolean ferry_vcpu_start(FerryVcpu *v, GError **error)
     return TRUE;
 }
 
+void ferry_vcpu_join(FerryVcpu *v)
+{
+    if (!v->thread)
+        return;
+    g_thread_join(v->thread);
+    v->thread = NULL;
+    /* the thread id is gone with the thread: no more kicks */
+    g_atomic_int_set(&v->tid_valid, 0);
+    v->started = FALSE;
+}
+
 void ferry_vcpu_kick(FerryVcpu *v)
 {
     if (!v->started)
@@ -240,8 +251,7 @@ void ferry_vcpu_free(FerryVcpu *v)
 {
     if (!v)
         return;
-    if (v->thread)
-        g_thread_join(v->thread);
+    ferry_vcpu_join(v);
     if (v->run)
         munmap(v->run, v->run_size);
     if (v->fd >= 0)

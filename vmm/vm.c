@@ -129,13 +129,8 @@ static void stop_vcpus(FerryVm *vm)
     g_cond_broadcast(&vm->cond);
     g_mutex_unlock(&vm->lock);
     kick_all(vm);
-    for (unsigned i = 0; i < vm->nr_vcpus; i++) {
-        FerryVcpu *v = vm->vcpus[i];
-        if (v->thread) {
-            g_thread_join(v->thread);
-            v->thread = NULL;
-        }
-    }
+    for (unsigned i = 0; i < vm->nr_vcpus; i++)
+        ferry_vcpu_join(vm->vcpus[i]);
 }
 
 /* ---- FerryMachine ------------------------------------------------------------------ */

@@ -13,8 +13,8 @@ bytes sent, rounds, and the largest pause the guest measured around the switch
 (the destination's first heartbeats' gap_us).
 
 Suite `system` runs the quick cases (the workload case needs root, ip(8) and /dev/net/tun
-like test_net.py and is skipped otherwise); `slow` runs ping-pong, 6 GiB, convergence and
-the link cut.
+like test_net.py and is skipped otherwise); `slow` runs ping-pong, 6 GiB, convergence, the
+link cut and post-copy started by the timeout.
 """
 
 import os
@@ -595,7 +595,8 @@ def record_types(data):
 
 class FlipProxy:
     """A TCP proxy on 127.0.0.1 to UPSTREAM (host, port) that flips one bit of byte AT of
-    everything it forwards towards UPSTREAM (over all connections, in order).
+    everything it forwards towards UPSTREAM (over all connections, in order; AT None: no
+    flip).  cut() breaks every connection at once, as a failed link or middlebox would.
 
     It ends a connection as the upstream end would: what upstream sends back is relayed
     first; when upstream stops taking data the client's socket is closed while the
@@ -640,7 +641,8 @@ class FlipProxy:
                 with self.lock:
                     start = self.forwarded
                     self.forwarded += len(data)
-                    if self.flipped is None and start <= self.at < self.forwarded:
+                    if (self.flipped is None and self.at is not None
+                            and start <= self.at < self.forwarded):
                         data = bytearray(data)
                         data[self.at - start] ^= 0x10
                         self.flipped = self.at
@@ -663,6 +665,16 @@ class FlipProxy:
             a.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+    def cut(self):
+        """Resets every connection both ways (RST to both ends) and takes no new ones."""
+        for s in [self.lsock] + self.socks:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+                s.shutdown(socket.SHUT_RDWR)     # wakes the relay threads blocked in recv
+            except OSError:
+                pass
+        self.close()
 
     def close(self):
         for s in [self.lsock] + self.socks:
@@ -783,6 +795,209 @@ def test_migrate_warm(spawn_vmm, guest, tmp_path, certs):
     print('transfer %.1f MiB at most 8 MiB/s: >= %.1f s; guest gap %.2f s'
           % (q['ram']['transferred'] / MIB, secs, gap / 1e6))
     assert secs >= 2 and gap >= 1_000_000, (secs, gap)
+    quit_side(src)
+    quit_side(dst)
+    assert_uptime_monotonic([src, dst])
+
+
+# -- 7. post-copy --------------------------------------------------------------------------
+
+BW_16M = 16 * MIB
+
+
+def wait_status(side, statuses, what, timeout=60, procs=None):
+    """Polls query-migrate on SIDE until its status is one of STATUSES; returns the answer.
+    Fails at once if the migration ends in another final status."""
+    def poll():
+        q = side.result('query-migrate')
+        assert q['status'] in statuses or q['status'] not in FINAL, side.vm.diagnostics(
+            'waiting for %s (%s), the migration ended: %s' % ('/'.join(statuses), what, q))
+        return q if q['status'] in statuses else None
+
+    return wait_until('%s: status %s' % (what, '/'.join(statuses)), poll, timeout,
+                      procs if procs is not None else [side.vm])
+
+
+def start_postcopy(src, dst):
+    """Once pre-copy has finished round 0 (status active, iteration >= 1), asks for post-copy
+    and waits until the source is in it.  Returns the pre-copy answer it acted on."""
+    def precopy_round_1():
+        q = src.result('query-migrate')
+        assert q['status'] not in FINAL + ('postcopy-active',), src.vm.diagnostics(
+            'the migration left pre-copy before migrate-start-postcopy: %s' % q)
+        return q if q['status'] == 'active' and q['iteration'] >= 1 else None
+
+    q = wait_until('pre-copy round 1', precopy_round_1, 120, [src.vm, dst.vm])
+    assert src.result('migrate-start-postcopy') is None
+    wait_status(src, ('postcopy-active',), 'after migrate-start-postcopy', 120,
+                [src.vm, dst.vm])
+    return q
+
+
+def postcopy_requests(src, q):
+    """The largest postcopy-requests of Q and of the source's notifications."""
+    return max([q.get('postcopy-requests', 0)]
+               + [n.get('postcopy-requests', 0) for n in src.notes()])
+
+
+def assert_postcopy_completed(src, dst, q, label):
+    """A migration that went through post-copy completed on both sides; the guest goes on at
+    the destination (assert_completed) after faulting pages in."""
+    statuses = dedup([n['status'] for n in src.notes()])
+    assert 'postcopy-active' in statuses, statuses
+    assert 'completing' not in statuses, statuses     # no stop-and-copy: post-copy finished
+    assert_completed(src, dst, q, label)
+    reqs = postcopy_requests(src, q)
+    qd = dst.result('query-migrate')
+    print('%s: source statuses %s; postcopy-requests %d (source), %s (destination); '
+          'destination %s after %s ms'
+          % (label, statuses, reqs, qd.get('postcopy-requests'), qd['status'],
+             qd.get('elapsed-ms')))
+    assert qd['status'] == 'completed' and qd['role'] == 'destination', qd
+    assert reqs > 0, src.vm.diagnostics('post-copy completed without a page request: %s' % q)
+    return statuses
+
+
+def test_migrate_postcopy(spawn_vmm, guest, tmp_path, certs):
+    """1 GiB guest dirtying 256 MiB/s over a 64 MiB/s link (pre-copy alone never ends):
+    migrate-start-postcopy after round 0; the guest runs on at the destination while the
+    pages it lacks come on request; no corruption on either side."""
+    rig = Rig(spawn_vmm, guest, tmp_path, certs['good'], cmdline=CONVERGE, memory='1G')
+    src = rig.source()
+    dst = rig.destination()
+    t0 = time.monotonic()
+    send(src, receive(dst), max_bandwidth=BW_64M, postcopy=True)
+    pre = start_postcopy(src, dst)
+    t1 = time.monotonic()
+    q, _ = wait_end(src, procs=[src.vm, dst.vm])
+    print('migrate-start-postcopy after %.1f s (round %d, %.1f MiB sent); post-copy to '
+          'completed seen %.1f s'
+          % (t1 - t0, pre['iteration'], pre['ram']['transferred'] / MIB, time.monotonic() - t1))
+    assert_postcopy_completed(src, dst, q, 'post-copy')
+    check_order([n['status'] for n in src.notes()], 'source notifications')
+    check_order([n['status'] for n in dst.notes()], 'destination notifications')
+    quit_side(src)
+    dst.vm.wait_heartbeat()
+    quit_side(dst)
+    for s in (src, dst):
+        s.vm.check_no_failures()
+    assert_uptime_monotonic([src, dst])
+
+
+@pytest.mark.slow
+def test_migrate_postcopy_timeout(spawn_vmm, guest, tmp_path, certs):
+    """The no-convergence load with postcopy true and timeout-action postcopy: after 8 s
+    the migration switches to post-copy by itself and completes."""
+    rig = Rig(spawn_vmm, guest, tmp_path, certs['good'], cmdline=CONVERGE, memory='512M')
+    src = rig.source()
+    dst = rig.destination()
+    t0 = time.monotonic()
+    send(src, receive(dst), max_bandwidth=BW_64M, auto_converge=False, postcopy=True,
+         timeout=8, timeout_action='postcopy')
+    q, _ = wait_end(src, timeout=300, procs=[src.vm, dst.vm])
+    print('ended after %.1f s' % (time.monotonic() - t0))
+    assert_postcopy_completed(src, dst, q, 'post-copy on timeout')
+    assert q['parameters']['timeout-action'] == 'postcopy', q['parameters']
+    quit_side(src)
+    dst.vm.wait_heartbeat()
+    quit_side(dst)
+    for s in (src, dst):
+        s.vm.check_no_failures()
+    assert_uptime_monotonic([src, dst])
+
+
+def test_migrate_postcopy_recover(spawn_vmm, guest, tmp_path, certs):
+    """Plain tcp: through a proxy; in post-copy (slowed to 16 MiB/s) the proxy resets the
+    connection: both sides go to postcopy-paused, the source's error says to use
+    migrate-recover; recovery over a new direct tls: connection completes the migration."""
+    rig = Rig(spawn_vmm, guest, tmp_path, certs['good'], cmdline=CONVERGE, memory='1G')
+    src = rig.source()
+    dst = rig.destination()
+    bound = receive(dst, 'tcp:127.0.0.1:0')
+    proxy = FlipProxy(('127.0.0.1', int(bound.rsplit(':', 1)[1])), None)
+    try:
+        send(src, 'tcp:127.0.0.1:%d' % proxy.port, max_bandwidth=BW_64M, postcopy=True)
+        start_postcopy(src, dst)
+        src.result('migrate-set-parameters', **{'max-bandwidth': BW_16M})
+        q0 = src.result('query-migrate')
+
+        def postcopy_traffic():
+            q = src.result('query-migrate')
+            assert q['status'] == 'postcopy-active', src.vm.diagnostics(
+                'post-copy ended before the cut: %s' % q)
+            return q['ram']['transferred'] >= q0['ram']['transferred'] + 2 * MIB
+
+        # Some post-copy traffic through the proxy, then the cut.
+        wait_until('2 MiB sent in post-copy', postcopy_traffic, 60, [src.vm, dst.vm])
+        wait_status(dst, ('postcopy-active',), 'destination in post-copy', 30, [dst.vm])
+        before = proxy.forwarded
+        proxy.cut()
+        t0 = time.monotonic()
+    finally:
+        proxy.close()
+    qs = wait_status(src, ('postcopy-paused',), 'source after the cut', 15, [src.vm, dst.vm])
+    qd = wait_status(dst, ('postcopy-paused',), 'destination after the cut', 15,
+                     [src.vm, dst.vm])
+    print('cut after %.1f MiB through the proxy; both sides postcopy-paused after %.1f s; '
+          'source error: %s; destination error: %s'
+          % (before / MIB, time.monotonic() - t0, qs.get('error'), qd.get('error')))
+    assert re.search(r'migrate-recover', qs.get('error') or ''), qs
+    assert src.status() == 'paused', qs
+    # A recovery to where nobody listens fails and leaves post-copy paused.
+    with socket.socket() as free:
+        free.bind(('127.0.0.1', 0))
+        nobody = 'tls:127.0.0.1:%d' % free.getsockname()[1]
+    src.result('migrate-recover', uri=nobody)
+    qs = wait_until('the failed recovery reported',
+                    lambda: (lambda q: q if 'recovery on' in (q.get('error') or '') else None)(
+                        src.result('query-migrate')), 30, [src.vm, dst.vm])
+    print('recovery to %s: %s: %s' % (nobody, qs['status'], qs['error']))
+    assert qs['status'] == 'postcopy-paused' and nobody in qs['error'], qs
+    # Recovery: the destination listens first, the source connects there.
+    again = dst.result('migrate-recover', uri=LOOPBACK)['uri']
+    assert again.startswith('tls:127.0.0.1:') and not again.endswith(':0'), again
+    src.result('migrate-set-parameters', **{'max-bandwidth': 0})
+    assert 'uri' in src.result('migrate-recover', uri=again)
+    q, _ = wait_end(src, procs=[src.vm, dst.vm])
+    statuses = assert_postcopy_completed(src, dst, q, 'post-copy recovered')
+    assert statuses[-3:] == ['postcopy-paused', 'postcopy-active', 'completed'], statuses
+    dstat = dedup([n['status'] for n in dst.notes()])
+    print('destination statuses: %s' % dstat)
+    assert 'postcopy-paused' in dstat, dstat
+    quit_side(src)
+    dst.vm.wait_heartbeat()
+    quit_side(dst)
+    for s in (src, dst):
+        s.vm.check_no_failures()
+    assert_uptime_monotonic([src, dst])
+
+
+def test_migrate_postcopy_not_allowed(spawn_vmm, guest, tmp_path, certs):
+    """migrate-start-postcopy without a migration, and during one without postcopy true:
+    JSON-RPC errors naming post-copy; the pre-copy goes on and completes."""
+    rig = Rig(spawn_vmm, guest, tmp_path, certs['good'])
+    src = rig.source()
+    r = src.call('migrate-start-postcopy')
+    print('migrate-start-postcopy with no migration: %s' % r)
+    assert 'error' in r and re.search(r'post-copy|postcopy', r['error']['message']), r
+    r = src.call('migrate-recover', uri=LOOPBACK)
+    print('migrate-recover with no migration: %s' % r)
+    assert 'error' in r and re.search(r'postcopy-paused', r['error']['message']), r
+    dst = rig.destination()
+    send(src, receive(dst), max_bandwidth=8 * MIB, postcopy=False)
+    wait_transferred(src, 2 * MIB, procs=[src.vm, dst.vm])
+    r = src.call('migrate-start-postcopy')
+    print('migrate-start-postcopy with postcopy false: %s' % r)
+    assert 'error' in r, r
+    assert re.search(r'"postcopy"', r['error']['message']), r
+    q = src.result('query-migrate')
+    assert q['status'] == 'active', q
+    src.result('migrate-set-parameters', **{'max-bandwidth': 0})
+    q, _ = wait_end(src, procs=[src.vm, dst.vm])
+    statuses = dedup([n['status'] for n in src.notes()])
+    assert statuses == ['setup', 'active', 'completing', 'completed'], statuses
+    assert q['postcopy-requests'] == 0, q
+    assert_completed(src, dst, q, 'pre-copy after the refused migrate-start-postcopy')
     quit_side(src)
     quit_side(dst)
     assert_uptime_monotonic([src, dst])

@@ -60,7 +60,8 @@ struct Source {
     FerryDirtyLog *log;
     uint64_t session;
 
-    GMutex figures_lock; /* Channel.stats */
+    GMutex figures_lock; /* Channel.stats, closed_stats */
+    FerryStreamStats closed_stats; /* of connections replaced by a post-copy recovery */
 
     /* rate limiting over all connections */
     GMutex rl_lock;
@@ -303,8 +304,8 @@ static gpointer channel_thread(gpointer data)
 /* Adds the connections' counters into the migration's figures (any data thread). */
 static void update_transfer_figures(Source *s)
 {
-    FerryStreamStats total = {0};
     g_mutex_lock(&s->figures_lock);
+    FerryStreamStats total = s->closed_stats;
     for (unsigned i = 0; i < s->n; i++) {
         const FerryStreamStats *st = &s->ch[i].stats;
         total.bytes += st->bytes;
@@ -825,6 +826,13 @@ static gboolean postcopy_reconnect(Source *s, const char *uri, GError **error)
     ferry_migration_channel_abort(c->conn);
     g_thread_join(s->rp_thread);
     s->rp_thread = NULL;
+    g_mutex_lock(&s->figures_lock);
+    ferry_stream_writer_get_stats(c->w, &c->stats);
+    s->closed_stats.bytes += c->stats.bytes;
+    s->closed_stats.data_pages += c->stats.data_pages;
+    s->closed_stats.zero_pages += c->stats.zero_pages;
+    memset(&c->stats, 0, sizeof(c->stats));
+    g_mutex_unlock(&s->figures_lock);
     ferry_stream_writer_free(c->w);
     c->w = NULL;
     ferry_migration_untrack_channel(s->m, c->conn);

@@ -328,6 +328,9 @@ void ferry_migration_set_status(FerryMigration *m, FerryMigrationStatus status,
     if (error) {
         g_free(m->error);
         m->error = g_strdup(error);
+    } else if (status == FERRY_MIGRATION_COMPLETED || status == FERRY_MIGRATION_ACTIVE ||
+               status == FERRY_MIGRATION_POSTCOPY_ACTIVE) {
+        g_clear_pointer(&m->error, g_free); /* a recovered post-copy is no longer failing */
     }
     if (!status_running(status) && !m->info.end_us)
         m->info.end_us = g_get_monotonic_time();
