@@ -823,20 +823,27 @@ static gboolean postcopy_push(Source *s, GError **error)
 static gboolean postcopy_reconnect(Source *s, const char *uri, GError **error)
 {
     Channel *c = &s->ch[0];
-    ferry_migration_channel_abort(c->conn);
-    g_thread_join(s->rp_thread);
+    /* what is left of the broken connection (nothing after a failed earlier attempt) */
+    if (c->conn)
+        ferry_migration_channel_abort(c->conn);
+    if (s->rp_thread)
+        g_thread_join(s->rp_thread);
     s->rp_thread = NULL;
-    g_mutex_lock(&s->figures_lock);
-    ferry_stream_writer_get_stats(c->w, &c->stats);
-    s->closed_stats.bytes += c->stats.bytes;
-    s->closed_stats.data_pages += c->stats.data_pages;
-    s->closed_stats.zero_pages += c->stats.zero_pages;
-    memset(&c->stats, 0, sizeof(c->stats));
-    g_mutex_unlock(&s->figures_lock);
-    ferry_stream_writer_free(c->w);
-    c->w = NULL;
-    ferry_migration_untrack_channel(s->m, c->conn);
-    g_clear_object(&c->conn);
+    if (c->w) {
+        g_mutex_lock(&s->figures_lock);
+        ferry_stream_writer_get_stats(c->w, &c->stats);
+        s->closed_stats.bytes += c->stats.bytes;
+        s->closed_stats.data_pages += c->stats.data_pages;
+        s->closed_stats.zero_pages += c->stats.zero_pages;
+        memset(&c->stats, 0, sizeof(c->stats));
+        g_mutex_unlock(&s->figures_lock);
+        ferry_stream_writer_free(c->w);
+        c->w = NULL;
+    }
+    if (c->conn) {
+        ferry_migration_untrack_channel(s->m, c->conn);
+        g_clear_object(&c->conn);
+    }
     g_mutex_lock(&s->rp_lock);
     s->rp_header = s->rp_done = FALSE;
     g_clear_pointer(&s->rp_error, g_free);
