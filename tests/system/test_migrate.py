@@ -310,7 +310,10 @@ def test_migrate_tls_loopback(spawn_vmm, guest, tmp_path, certs):
     assert q['ram']['total'] == 256 * MIB, q
     assert q['ram']['transferred'] > 32 * MIB, q
     assert q['iteration'] >= 1, q
-    # Notifications: the same object as query-migrate, every status in order.
+    # Notifications: the same object as query-migrate, every status in order.  The last
+    # one may follow the answer that showed the status.
+    wait_until('the completed notification',
+               lambda: any(n['status'] == 'completed' for n in src.notes()), 10, [src.vm])
     notes = src.notes()
     statuses = dedup([n['status'] for n in notes])
     assert statuses == ['setup', 'active', 'completing', 'completed'], statuses
@@ -994,6 +997,8 @@ def test_migrate_postcopy_not_allowed(spawn_vmm, guest, tmp_path, certs):
     assert q['status'] == 'active', q
     src.result('migrate-set-parameters', **{'max-bandwidth': 0})
     q, _ = wait_end(src, procs=[src.vm, dst.vm])
+    wait_until('the completed notification',
+               lambda: any(n['status'] == 'completed' for n in src.notes()), 10, [src.vm])
     statuses = dedup([n['status'] for n in src.notes()])
     assert statuses == ['setup', 'active', 'completing', 'completed'], statuses
     assert q['postcopy-requests'] == 0, q

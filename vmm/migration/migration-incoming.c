@@ -626,8 +626,14 @@ gpointer ferry_migration_incoming_thread(gpointer data)
         if (!g_atomic_int_get(&in->m->closing))
             ferry_vm_abandon_incoming(in->vm, message);
     }
-    if (in->committed && in->pc && !ferry_postcopy_complete(in->pc))
-        in->pc = NULL; /* kept on purpose: freeing would hand the guest zero pages */
+    if (in->committed && in->pc && !ferry_postcopy_complete(in->pc) &&
+        !g_atomic_int_get(&in->m->closing)) {
+        /* freeing now would hand the running guest zero pages: keep it until ferry-vmm
+         * ends (ferry_migration_free, before the VM's KVM descriptors close) */
+        g_mutex_lock(&in->m->lock);
+        in->m->kept_postcopy = g_steal_pointer(&in->pc);
+        g_mutex_unlock(&in->m->lock);
+    }
     ferry_postcopy_free(in->pc);
     close_all(in);
     ferry_migration_listener_free(job->listener);

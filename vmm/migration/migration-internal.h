@@ -59,6 +59,7 @@ struct FerryMigration {
     GCond recover_cond;
     char *recover_uri;                        /* source: where to connect again */
     FerryMigrationListener *recover_listener; /* destination: where the source comes back */
+    struct FerryPostcopy *kept_postcopy; /* an unfinished post-copy the guest still needs */
     gint closing;                  /* atomic: ferry_migration_free is waiting for the thread */
 };
 

@@ -5,6 +5,7 @@
 #include "migration/migration-internal.h"
 
 #include "control.h"
+#include "migration/postcopy.h"
 #include "util/log.h"
 #include "vcpu_throttle.h"
 
@@ -69,6 +70,11 @@ void ferry_migration_free(FerryMigration *m)
         g_mutex_unlock(&m->lock);
         g_thread_join(m->thread);
     }
+    /*
+     * Userfaultfd goes before the VM's KVM descriptors close: KVM's async page-fault
+     * workers waiting on a missing page would otherwise block the VM's destruction forever.
+     */
+    ferry_postcopy_free(m->kept_postcopy);
     g_clear_object(&m->cancel);
     g_ptr_array_unref(m->channels);
     ferry_migration_params_clear(&m->params);
