@@ -9,6 +9,7 @@
  * `ferry-vmm migrate ...` is the migration command instead (vmm/migrate_cli.h).
  */
 #include "migrate_cli.h"
+#include "migration/postcopy.h"
 #include "vm_config.h"
 #include "util/log.h"
 #include "vm.h"
@@ -82,6 +83,7 @@ int main(int argc, char **argv)
 {
     FerryVmConfig cfg;
     g_set_prgname("ferry-vmm");
+    ferry_postcopy_reserve_fd(); /* before any KVM descriptor: see postcopy.h */
     if (argc > 1 && g_str_equal(argv[1], "migrate"))
         return ferry_migrate_cli_main(argc - 1, argv + 1);
     ferry_vm_config_init(&cfg);

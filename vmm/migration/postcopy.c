@@ -401,12 +401,31 @@ static gpointer fault_thread(gpointer data)
     }
 }
 
+static int reserved_fd = -1; /* ferry_postcopy_reserve_fd() */
+
+void ferry_postcopy_reserve_fd(void)
+{
+    if (reserved_fd < 0)
+        reserved_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+/* Moves @fd onto the reserved low descriptor, if there is one (see postcopy.h). */
+static int lower_fd(int fd)
+{
+    if (reserved_fd < 0 || fd < reserved_fd || dup3(fd, reserved_fd, O_CLOEXEC) < 0)
+        return fd;
+    close(fd);
+    fd = reserved_fd;
+    reserved_fd = -1;
+    return fd;
+}
+
 /* Opens a userfaultfd that also traps kernel faults: the syscall, else /dev/userfaultfd. */
 static int open_uffd(GError **error)
 {
     int fd = (int) syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (fd >= 0)
-        return fd;
+        return lower_fd(fd);
     int sys_err = errno;
     int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
     int dev_err = errno;
@@ -415,7 +434,7 @@ static int open_uffd(GError **error)
         dev_err = errno;
         close(dev);
         if (fd >= 0)
-            return fd;
+            return lower_fd(fd);
     }
     g_set_error(error, FERRY_POSTCOPY_ERROR, FERRY_POSTCOPY_ERROR_UNAVAILABLE,
                 "userfaultfd is not available: userfaultfd(2): %s; /dev/userfaultfd: %s "

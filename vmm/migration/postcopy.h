@@ -42,6 +42,16 @@ typedef struct FerryPostcopy FerryPostcopy;
 typedef void (*FerryPostcopyRequestFn)(void *opaque, const uint64_t *gpas, unsigned n);
 
 /*
+ * Reserves a low file descriptor for the userfaultfd of a later post-copy; call it first
+ * thing in main(), before KVM is opened.  When a process dies, the kernel closes its
+ * descriptors in ascending order; if the userfaultfd came after KVM's, KVM's async
+ * page-fault workers waiting on a missing page would block the VM's destruction for ever
+ * (an unkillable process after kill -9 in post-copy).  Closed first, the userfaultfd wakes
+ * them.  Idempotent; the reservation is used by the first ferry_postcopy_start().
+ */
+void ferry_postcopy_reserve_fd(void);
+
+/*
  * Starts post-copy on @mem (borrowed; must outlive the FerryPostcopy):
  *  - registers every RAM region with a new userfaultfd for missing pages
  *    (UFFDIO_REGISTER_MODE_MISSING, with UFFD_FEATURE_MISSING_SHMEM: guest RAM is a memfd);
