@@ -992,7 +992,9 @@ static void finish_failure(Source *s, GError *error)
     gboolean was_cancelled = g_cancellable_is_cancelled(s->m->cancel) && !aborted &&
                              !g_atomic_int_get(&s->m->closing);
     g_autofree char *reason = failure_reason(s, error);
+    g_mutex_lock(&s->rp_lock);
     gboolean in_doubt = s->end_sent && !s->rp_failed;
+    g_mutex_unlock(&s->rp_lock);
     /* unblock the return-path thread and the destination */
     for (unsigned i = 0; i < s->n; i++)
         if (s->ch[i].conn)
