@@ -66,10 +66,10 @@ gboolean ferry_vcpu_settle(FerryVcpu *vcpu, GError **error);
 /* Starts the vCPU thread. */
 gboolean ferry_vcpu_start(FerryVcpu *vcpu, GError **error);
 
-/* Makes the thread leave KVM_RUN soon (any thread may call it). */
 /* Waits for the vCPU thread to end (it must have been told to) and forgets its id. */
 void ferry_vcpu_join(FerryVcpu *v);
 
+/* Makes the thread leave KVM_RUN soon (any thread may call it). */
 void ferry_vcpu_kick(FerryVcpu *vcpu);
 
 /* Waits for the thread to end (after the VM told it to stop), then frees everything. */

@@ -215,32 +215,31 @@ void ferry_vm_resume(FerryVm *vm)
 
 /* ---- migration ---- */
 
+/* The virtio device of devices[@i] if it is of @kind ("virtio-blk"), else NULL. */
+static FerryVirtioDev *virtio_of_kind(FerryVm *vm, guint i, const char *kind)
+{
+    FerryVirtioPci *vp = ferry_virtio_pci_from_device(g_ptr_array_index(vm->devices, i));
+    if (!vp || !g_str_equal(ferry_virtio_pci_vdev(vp)->ops->kind, kind))
+        return NULL;
+    return ferry_virtio_pci_vdev(vp);
+}
+
 /* After a migration: RARP from every NIC so that switches learn the guest's new port. */
 static void announce_nics(FerryVm *vm)
 {
     vm->announce_on_resume = FALSE;
     for (guint i = 0; i < vm->devices->len; i++) {
-        FerryVirtioPci *vp = ferry_virtio_pci_from_device(g_ptr_array_index(vm->devices, i));
-        if (vp && g_str_equal(ferry_virtio_pci_vdev(vp)->ops->kind, "virtio-net"))
-            ferry_virtio_net_announce(ferry_virtio_pci_vdev(vp));
+        FerryVirtioDev *net = virtio_of_kind(vm, i, "virtio-net");
+        if (net)
+            ferry_virtio_net_announce(net);
     }
-}
-
-static gboolean is_blk(FerryDevice *d, FerryVirtioDev **vdev)
-{
-    FerryVirtioPci *vp = ferry_virtio_pci_from_device(d);
-    if (!vp || !g_str_equal(ferry_virtio_pci_vdev(vp)->ops->kind, "virtio-blk"))
-        return FALSE;
-    *vdev = ferry_virtio_pci_vdev(vp);
-    return TRUE;
 }
 
 gboolean ferry_vm_lock_images(FerryVm *vm, GError **error)
 {
     for (guint i = 0; i < vm->devices->len; i++) {
-        FerryVirtioDev *vdev;
-        if (is_blk(g_ptr_array_index(vm->devices, i), &vdev) &&
-            !ferry_virtio_blk_lock_image(vdev, error))
+        FerryVirtioDev *blk = virtio_of_kind(vm, i, "virtio-blk");
+        if (blk && !ferry_virtio_blk_lock_image(blk, error))
             return FALSE;
     }
     return TRUE;
@@ -255,9 +254,8 @@ gboolean ferry_vm_stop_for_migration(FerryVm *vm, gboolean *was_paused, GError *
     *was_paused = vm->user_paused;
     ferry_vm_pause(vm);
     for (guint i = 0; i < vm->devices->len; i++) {
-        FerryVirtioDev *vdev;
-        if (is_blk(g_ptr_array_index(vm->devices, i), &vdev) &&
-            !ferry_virtio_blk_unlock_image(vdev, error)) {
+        FerryVirtioDev *blk = virtio_of_kind(vm, i, "virtio-blk");
+        if (blk && !ferry_virtio_blk_unlock_image(blk, error)) {
             ferry_vm_continue_after_migration(vm, *was_paused);
             return FALSE;
         }

@@ -84,7 +84,6 @@ struct Source {
     gint64 rtt_us;
 
     /* post-copy: pages the destination still needs, and the pages it asked for (rp_lock) */
-    gboolean postcopy;
     uint64_t *needed[FERRY_MAX_RAM_REGIONS];
     uint64_t needed_count;
     GArray *requests; /* FerryStreamRange, filled by the return-path thread */
@@ -688,7 +687,6 @@ static gboolean postcopy_switch(Source *s, uint32_t round, GError **error)
     if (!ferry_vm_put_state_sections(s->vm, w, error) ||
         !ferry_stream_writer_put_checkpoint(w, error))
         return FALSE;
-    s->postcopy = TRUE;
     s->end_sent = TRUE; /* the whole machine state is out: the destination may run it */
     g_mutex_lock(&s->m->lock);
     s->m->info.remaining = s->needed_count * PAGE;

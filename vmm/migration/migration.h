@@ -8,7 +8,8 @@
  *   pre-copy rounds of dirty RAM until the estimated pause fits the downtime limit (or in
  *   warm mode pauses first), then stops the VM, sends the rest with the device and vCPU
  *   state, and waits for the destination's "ready".  Until then any failure resumes the VM
- *   here, untouched.
+ *   here, untouched.  With post-copy it switches early and serves the destination's page
+ *   requests while pushing the rest.
  * - destination (migration-incoming.c): ferry_migration_receive() listens, accepts the
  *   connections, writes RAM as it arrives, and applies the state only after the END
  *   checksum of every connection was verified; then it sends "ready" and resumes the guest.
@@ -85,7 +86,7 @@ gboolean ferry_migration_send(FerryMigration *m, const char *uri, FerryMigration
  * Destination: listens on @uri and receives a migration; the VM must have been built for
  * it (--incoming) and not have run.  Returns the URI actually bound (port 0 replaced) in
  * @bound (owned, nullable).  When the whole state is applied, the engine calls
- * ferry_vm_incoming_done() on the main thread.
+ * ferry_vm_finish_incoming() on the main thread.
  */
 gboolean ferry_migration_receive(FerryMigration *m, const char *uri, char **bound,
                                  GError **error);
